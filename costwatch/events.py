@@ -1,0 +1,164 @@
+"""The usage event: the one definition of what crosses the wire and lands in storage.
+
+Everything else (the emitter, the daemon's validator, the DuckDB columns, the
+Arrow schema, the docs) is derived from `UsageEvent`, so a field is added here
+and nowhere else.
+
+Token meaning, normalized across providers (see docs/architecture.md):
+- ``input_tokens`` counts *all* prompt tokens, cached ones included (OpenAI's
+  meaning; Anthropic's ``input_tokens + cache_read + cache_creation``).
+- ``cached_input_tokens`` is the part of ``input_tokens`` read from cache.
+- ``cache_write_tokens`` is the part of ``input_tokens`` written to cache.
+- ``output_tokens`` counts all generated tokens, reasoning included.
+- ``reasoning_tokens`` is the part of ``output_tokens`` spent reasoning.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Annotated, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+ErrorClass = Literal[
+    "authentication",
+    "permission",
+    "not_found",
+    "bad_request",
+    "unprocessable",
+    "rate_limit",
+    "server",
+    "timeout",
+    "connection",
+    "blocked",
+    "other",
+]
+ERROR_CLASSES: tuple[str, ...] = ErrorClass.__args__  # type: ignore[attr-defined]
+
+UsageSource = Literal["provider", "estimated", "missing"]
+USAGE_SOURCES: tuple[str, ...] = UsageSource.__args__  # type: ignore[attr-defined]
+
+# Bounds keep one event small and every number inside DuckDB's BIGINT/DOUBLE.
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_OptName = Annotated[str, msgspec.Meta(max_length=256)] | None
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_Tokens = Annotated[int, msgspec.Meta(ge=0, le=10**12)] | None
+_Millis = Annotated[float, msgspec.Meta(ge=0, le=86_400_000)] | None
+_Epoch = Annotated[float, msgspec.Meta(ge=0, le=32_503_680_000)]  # up to year 3000
+_Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)] | None
+_Tags = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=128)], Annotated[str, msgspec.Meta(max_length=512)]],
+    msgspec.Meta(max_length=32),
+]
+
+
+class UsageEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One HTTP attempt against an LLM API (retries are separate events sharing ``call_id``)."""
+
+    id: _Id
+    call_id: _Id
+    ts_start: _Epoch
+    ts_end: _Epoch
+    provider: _Name
+    operation: _Name
+    app: _Name = "default"
+    host: _OptName = None
+    pid: Annotated[int, msgspec.Meta(ge=0, le=2**31)] = 0
+    server_address: _OptName = None
+    request_model: _OptName = None
+    response_model: _OptName = None
+    model: _OptName = None
+    stream: bool = False
+    http_status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
+    error_class: ErrorClass | None = None
+    input_tokens: _Tokens = None
+    output_tokens: _Tokens = None
+    cached_input_tokens: _Tokens = None
+    cache_write_tokens: _Tokens = None
+    reasoning_tokens: _Tokens = None
+    usage_source: UsageSource = "missing"
+    latency_ms: _Millis = None
+    ttft_ms: _Millis = None
+    retry_attempt: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    user: _OptName = None
+    tags: _Tags = {}
+    trace_id: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    span_id: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    blocked: bool = False
+    block_reason: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    ratelimit_remaining_requests: _Count = None
+    ratelimit_remaining_tokens: _Count = None
+    ratelimit_limit_requests: _Count = None
+    ratelimit_limit_tokens: _Count = None
+    schema_version: Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
+
+
+EVENT_FIELDS: tuple[str, ...] = UsageEvent.__struct_fields__
+TOKEN_FIELDS: tuple[str, ...] = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(UsageEvent)
+
+
+def encode(event: UsageEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def encode_many(events: list[UsageEvent]) -> bytes:
+    return _encoder.encode(events)
+
+
+def decode(data: bytes | str) -> UsageEvent:
+    """Decode and validate one event; raises ``msgspec.ValidationError`` naming the field."""
+    event = _decoder.decode(data)
+    if event.ts_end < event.ts_start:
+        raise msgspec.ValidationError("ts_end is before ts_start - at `$.ts_end`")
+    return event
+
+
+def status_class(http_status: int | None) -> str:
+    """'2xx'…'5xx', or 'none' when no response arrived (timeout, connection, blocked)."""
+    if http_status is None:
+        return "none"
+    return f"{http_status // 100}xx"
+
+
+def classify_status(http_status: int) -> ErrorClass | None:
+    """Map an HTTP status to the error taxonomy users know from the OpenAI SDK."""
+    if http_status < 400:
+        return None
+    return _STATUS_CLASSES.get(http_status) or ("server" if http_status >= 500 else "other")
+
+
+_STATUS_CLASSES: dict[int, ErrorClass] = {
+    400: "bad_request",
+    401: "authentication",
+    403: "permission",
+    404: "not_found",
+    422: "unprocessable",
+    429: "rate_limit",
+}
+
+
+def new_event_id(now: float | None = None) -> str:
+    """A UUIDv7 string: time-ordered (good for DuckDB zone maps) and unique across processes."""
+    ms = int((time.time() if now is None else now) * 1000)
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62
+    value |= rand & 0x3FFFFFFFFFFFFFFF
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def local_host() -> str:
+    return os.uname().nodename if hasattr(os, "uname") else "unknown"

@@ -1,0 +1,48 @@
+"""Wire shapes shared by the daemon and the instrumented processes (besides `UsageEvent`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+# A kill-switch scope is a conjunction of key=value pairs; {} means global.
+SCOPE_KEYS: tuple[str, ...] = ("app", "provider", "model", "user")
+
+ScopeDict = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=16)], Annotated[str, msgspec.Meta(max_length=256)]],
+    msgspec.Meta(max_length=4),
+]
+
+
+class KillSwitch(msgspec.Struct, kw_only=True):
+    """One engaged kill switch."""
+
+    id: str
+    scope: ScopeDict = {}
+    reason: str = ""
+    source: str = "cli"  # cli | http | rule:<name> | alertmanager
+    engaged_at: float = 0.0
+    expires_at: float | None = None
+
+    def matches(self, app: str, provider: str | None, model: str | None, user: str | None) -> bool:
+        values = {"app": app, "provider": provider, "model": model, "user": user}
+        return all(values.get(key) == value for key, value in self.scope.items())
+
+    def describe(self) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in sorted(self.scope.items())) or "global"
+        return f"scope {where}"
+
+
+class KillSwitchState(msgspec.Struct, kw_only=True):
+    """What every ingest reply and `GET /v1/killswitch` carry."""
+
+    engaged: list[KillSwitch] = []
+    version: int = 0
+
+
+class IngestReply(msgspec.Struct, kw_only=True):
+    accepted: int
+    duplicates: int = 0
+    rejected: list[dict] = []  # [{"index": i, "id": ..., "error": "..."}]
+    killswitch: KillSwitchState = msgspec.field(default_factory=KillSwitchState)

@@ -1,0 +1,174 @@
+"""Settings, declared once and validated once; the only module that reads the environment.
+
+Client settings (`ClientSettings`) are read when an app instruments itself;
+daemon settings (`DaemonSettings`) come from CLI flags, ``COSTWATCH_*`` env
+vars and an optional TOML/YAML config file, in that order of precedence.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7707
+TOKEN_FILE_NAME = "token"
+
+
+def default_state_dir() -> Path:
+    """Where the daemon keeps its DuckDB file and token, and apps their spool."""
+    override = os.environ.get("COSTWATCH_STATE_DIR")
+    return Path(override) if override else Path(platformdirs.user_data_dir("costwatch"))
+
+
+def read_token(state_dir: Path) -> str | None:
+    try:
+        return (state_dir / TOKEN_FILE_NAME).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def ensure_token(state_dir: Path) -> str:
+    """Create the bearer token on first start, readable by its owner only (0600)."""
+    existing = read_token(state_dir)
+    if existing:
+        return existing
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path = state_dir / TOKEN_FILE_NAME
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+class ClientSettings(BaseSettings):
+    """What an instrumented app reads from ``COSTWATCH_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="COSTWATCH_", extra="ignore")
+
+    url: str = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    app: str = Field(default="default", min_length=1, max_length=256)
+    token: str | None = None
+    fail_closed: bool = False
+    disabled: bool = False
+    state_dir: Path = Field(default_factory=default_state_dir)
+    # Add stream_options.include_usage to chat streams that did not ask for it
+    # (and hide the extra chunk from the app). "openai" = only api.openai.com.
+    inject_stream_usage: str = Field(default="openai", pattern="^(openai|all|off)$")
+    queue_max_events: int = Field(default=100_000, ge=100)
+    batch_max_events: int = Field(default=2_000, ge=1)
+    flush_interval_s: float = Field(default=0.1, gt=0, le=10)
+    killswitch_poll_s: float = Field(default=0.5, gt=0, le=60)
+    # With fail_closed, calls are refused once the daemon has not answered for this long.
+    fail_closed_after_s: float = Field(default=5.0, ge=0)
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    exit_flush_timeout_s: float = Field(default=2.0, ge=0)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    def resolved_token(self) -> str | None:
+        return self.token or read_token(self.state_dir)
+
+
+class PriceOverride(BaseModel):
+    """USD per million tokens for a model genai-prices does not know (or to override it)."""
+
+    model: str
+    provider: str | None = None
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_per_mtok: float | None = Field(default=None, ge=0)
+
+
+class DaemonSettings(BaseSettings):
+    """The daemon's configuration; an invalid value stops startup naming the field."""
+
+    model_config = SettingsConfigDict(env_prefix="COSTWATCH_", extra="forbid", env_nested_delimiter="__")
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    db: Path | None = None  # default: <state_dir>/costwatch.duckdb
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    rules: Path | None = None  # default: ./alerts when present
+    token: str | None = None
+    prices: list[PriceOverride] = []
+    evaluation_interval_s: float = Field(default=15.0, gt=0)
+    sql_timeout_s: float = Field(default=10.0, gt=0)
+    sql_max_rows: int = Field(default=100_000, ge=1)
+    duckdb_memory_limit: str = "1GB"
+    duckdb_threads: int = Field(default=2, ge=1)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_batch_events: int = Field(default=50_000, ge=1)
+    timezone: str = "UTC"
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(value)
+        return value
+
+    @property
+    def db_path(self) -> Path:
+        return self.db or self.state_dir / "costwatch.duckdb"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """``COSTWATCH_CONFIG`` (or ``<state_dir>/config.toml|yaml``), TOML or YAML by suffix."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = config_file_path()
+        return load_config_file(path) if path else {}
+
+
+def config_file_path() -> Path | None:
+    explicit = os.environ.get("COSTWATCH_CONFIG")
+    if explicit:
+        return Path(explicit)
+    for name in ("config.toml", "config.yaml", "config.yml"):
+        candidate = default_state_dir() / name
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        return tomllib.loads(text)
+    import yaml
+
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the config file must be a mapping of settings")
+    return data
