@@ -1,0 +1,103 @@
+"""Which URLs are LLM calls, and the provider-neutral shapes the provider modules fill.
+
+Recognition runs on the app's hot path, so it is a handful of string suffix
+checks on the URL path: any base URL works (api.openai.com, local servers,
+proxies, Azure ``/openai/deployments/{d}/chat/completions?api-version=``).
+
+Provider naming: ``openai`` for every OpenAI-shaped endpoint, including
+compatible servers (vLLM, Ollama, proxies) whose host is kept in
+``server_address``; ``azure.openai`` when the path is Azure's deployments
+route or the host ends with ``.openai.azure.com`` (GenAI semconv value);
+``anthropic`` for Messages.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+OPENAI = "openai"
+AZURE_OPENAI = "azure.openai"
+ANTHROPIC = "anthropic"
+
+# api (what shape the body has) -> event operation
+CHAT = "chat"
+RESPONSES = "responses"
+EMBEDDINGS = "embeddings"
+COMPLETIONS = "completions"
+MESSAGES = "messages"
+
+
+class Endpoint(NamedTuple):
+    provider: str
+    api: str  # one of CHAT, RESPONSES, EMBEDDINGS, COMPLETIONS, MESSAGES
+
+
+_CHAT = Endpoint(OPENAI, CHAT)
+_RESPONSES = Endpoint(OPENAI, RESPONSES)
+_EMBEDDINGS = Endpoint(OPENAI, EMBEDDINGS)
+_COMPLETIONS = Endpoint(OPENAI, COMPLETIONS)
+_MESSAGES = Endpoint(ANTHROPIC, MESSAGES)
+_AZURE = {
+    CHAT: Endpoint(AZURE_OPENAI, CHAT),
+    RESPONSES: Endpoint(AZURE_OPENAI, RESPONSES),
+    EMBEDDINGS: Endpoint(AZURE_OPENAI, EMBEDDINGS),
+    COMPLETIONS: Endpoint(AZURE_OPENAI, COMPLETIONS),
+}
+
+
+def recognize(path: str) -> Endpoint | None:
+    """Classify a request path (no query string); None means 'not an LLM call'."""
+    path = path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        ep = _CHAT
+    elif path.endswith("/messages"):
+        # Anthropic Messages; OpenAI's /threads/{id}/messages (Assistants) is not a model call.
+        return None if "/threads/" in path else _MESSAGES
+    elif path.endswith("/responses"):
+        ep = _RESPONSES
+    elif path.endswith("/embeddings"):
+        ep = _EMBEDDINGS
+    elif path.endswith("/completions"):
+        ep = _COMPLETIONS
+    else:
+        return None
+    if "/openai/deployments/" in path:
+        return _AZURE[ep.api]
+    return ep
+
+
+def azure_deployment(path: str) -> str | None:
+    """The deployment name in an Azure path (Azure bodies often carry no model)."""
+    marker = "/openai/deployments/"
+    i = path.find(marker)
+    if i < 0:
+        return None
+    return path[i + len(marker) :].split("/", 1)[0] or None
+
+
+class Usage(NamedTuple):
+    """Normalized token counts; meaning documented at the top of costwatch/events.py."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class StreamFacts(NamedTuple):
+    """What the background scan of an SSE transcript found."""
+
+    usage: Usage | None  # final when usage_final, else partial (e.g. message_start only)
+    usage_final: bool
+    response_model: str | None
+    first_content_t: float | None  # perf_counter of the first content event
+    text_chars: int  # generated characters seen (for estimates of abandoned streams)
+    terminal: bool  # the provider's end-of-stream event was seen
+
+
+def as_int(value: object) -> int | None:
+    """Token counts from JSON: ints only (bools and junk are 'unknown', not 0)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None

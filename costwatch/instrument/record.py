@@ -1,0 +1,418 @@
+"""One HTTP attempt: raw facts captured on the call path, turned into a `UsageEvent` later.
+
+`CallRecord` is what the patch hands to ``Emitter.submit``. On the app's path
+it only stores references and clock readings (the request, the response whose
+body ``send`` already read, stream chunks with timestamps); ``to_event()`` runs
+on the emitter thread and does everything else: JSON parsing, usage
+normalization, model derivation, header parsing, the OpenTelemetry span.
+
+``usage_source``: ``provider`` when the provider's usage was read (for streams:
+the final usage — chat's include_usage chunk, Responses' terminal event,
+Anthropic's ``message_delta``); ``estimated`` for a stream the app abandoned or
+that broke before its end event (output ≈ generated characters / 4, input from
+partial usage such as ``message_start`` or else request-body size / 4);
+``missing`` otherwise (error responses, no usage in the body, a complete stream
+without usage), with every token field None — never 0.
+
+Nothing here stores prompt or completion text: the event has only the fields
+in `costwatch.events`, and ``user`` / tag values pass through `scrub()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from costwatch.context import Attribution
+from costwatch.events import UsageEvent, classify_status, local_host, new_event_id
+from costwatch.instrument import anthropic as anthropic_usage
+from costwatch.instrument import openai as openai_usage
+from costwatch.instrument import spans
+from costwatch.instrument.providers import (
+    ANTHROPIC,
+    AZURE_OPENAI,
+    MESSAGES,
+    Endpoint,
+    StreamFacts,
+    Usage,
+    azure_deployment,
+)
+from costwatch.instrument.sse import iter_events
+
+log = logging.getLogger("costwatch.instrument")
+
+HEAD_BYTES = 1 << 20  # stream bytes kept from the start (first content event → TTFT, message_start)
+TAIL_BYTES = 1 << 20  # and from the end (final usage) once a stream outgrows the head
+CHARS_PER_TOKEN = 4  # rough estimate for abandoned / broken streams
+
+_SECRET = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
+_CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
+_HOST = local_host()
+
+
+def scrub(value: str | None, limit: int = 256) -> str | None:
+    """Replace API-key-looking and card-number-looking substrings; cap the length."""
+    if value is None:
+        return None
+    value = _CARD.sub("[card]", _SECRET.sub("sk-[redacted]", str(value)))
+    return value[:limit]
+
+
+class Guard:
+    """Our own failures: swallowed, counted by place, logged once per place."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def report(self, where: str) -> None:
+        with self._lock:
+            first = where not in self.counts
+            self.counts[where] = self.counts.get(where, 0) + 1
+        if first:
+            log.warning("costwatch: internal error in %s (counted, logged once)", where, exc_info=True)
+
+
+guard = Guard()
+
+
+class CallId:
+    """Shared by every attempt of one logical SDK call; the id string is made lazily off the hot path."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def get(self, now: float, idempotency_key: str | None = None) -> str:
+        if self.value is None:
+            self.value = idempotency_key[:64] if idempotency_key else new_event_id(now)
+        return self.value
+
+
+class CallRecord:
+    """Raw facts of one attempt. Attributes are filled by the patch and the stream proxy."""
+
+    __slots__ = (
+        "_once",
+        "_submit",
+        "app",
+        "attribution",
+        "block_reason",
+        "blocked",
+        "call",
+        "chunks_head",
+        "chunks_tail",
+        "end_reason",
+        "endpoint",
+        "exc_type",
+        "filter",
+        "head_bytes",
+        "otel_context",
+        "request",
+        "response",
+        "retry",
+        "stream",
+        "t0",
+        "t1",
+        "tail_bytes",
+        "truncated",
+        "wall0",
+    )
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        request: Any,
+        stream: bool,
+        app: str,
+        call: CallId,
+        retry: str | None,
+        attribution: Attribution | None,
+        otel_context: Any,
+        submit: Any,
+    ) -> None:
+        self.wall0 = time.time()
+        self.t0 = time.perf_counter()
+        self.t1 = self.t0
+        self.endpoint = endpoint
+        self.request = request
+        self.stream = stream
+        self.app = app
+        self.call = call
+        self.retry = retry
+        self.attribution = attribution
+        self.otel_context = otel_context
+        self._submit = submit
+        self.response: Any = None
+        self.exc_type: type | None = None
+        self.blocked = False
+        self.block_reason: str | None = None
+        self.chunks_head: list[tuple[bytes, float]] = []
+        self.chunks_tail: deque[tuple[bytes, float]] | None = None
+        self.head_bytes = 0
+        self.tail_bytes = 0
+        self.truncated = False
+        self.end_reason = "complete"
+        self.filter: Any = None
+        self._once = [True]  # list.pop() is atomic: the latch holds across threads (close vs. GC)
+
+    # ---- call path -------------------------------------------------------------------------
+
+    def add_chunk(self, chunk: bytes) -> None:
+        """Keep a reference and a timestamp; bounded: head, then a sliding tail."""
+        try:
+            t = time.perf_counter()
+            if self.chunks_tail is None and self.head_bytes + len(chunk) <= HEAD_BYTES:
+                self.chunks_head.append((chunk, t))
+                self.head_bytes += len(chunk)
+                return
+            tail = self.chunks_tail
+            if tail is None:
+                tail = self.chunks_tail = deque()
+            tail.append((chunk, t))
+            self.tail_bytes += len(chunk)
+            while self.tail_bytes > TAIL_BYTES and len(tail) > 1:
+                self.tail_bytes -= len(tail.popleft()[0])
+                self.truncated = True
+        except Exception:
+            guard.report("add_chunk")
+
+    def finish(self, reason: str = "complete", exc_type: type | None = None) -> None:
+        """The single latch every ending goes through (exhausted, error, close, GC)."""
+        try:
+            self._once.pop()
+        except IndexError:
+            return
+        try:
+            self.t1 = time.perf_counter()
+            self.end_reason = reason
+            if exc_type is not None:
+                self.exc_type = exc_type
+            self._submit(self)
+        except Exception:
+            guard.report("finish")
+
+    # ---- emitter thread --------------------------------------------------------------------
+
+    def to_event(self) -> UsageEvent | None:
+        req = _json(_request_body(self.request))
+        endpoint = self.endpoint
+        path = self.request.url.path
+        request_model = _str(req.get("model"))
+        if request_model is None and endpoint.provider == AZURE_OPENAI:
+            request_model = azure_deployment(path)
+        status: int | None = None
+        error_class: str | None = None
+        usage: Usage | None = None
+        usage_source = "missing"
+        response_model: str | None = None
+        ttft_ms: float | None = None
+        headers: Any = None
+        sse = False
+
+        if self.blocked:
+            error_class = "blocked"
+        else:
+            response = self.response
+            if response is not None:
+                status = response.status_code if 100 <= response.status_code <= 599 else None
+                headers = response.headers
+                error_class = classify_status(status) if status is not None else "other"
+            if self.exc_type is not None:
+                error_class = classify_exception(self.exc_type)
+            sse = self.stream and _is_sse(headers)
+            if response is not None and status is not None and status < 400:
+                if sse:
+                    facts = self._scan_stream()
+                    response_model = facts.response_model
+                    usage = facts.usage
+                    if facts.first_content_t is not None:
+                        ttft_ms = _millis(facts.first_content_t - self.t0)
+                    if facts.usage_final and _complete(usage):
+                        usage_source = "provider"
+                    elif not facts.terminal:  # abandoned by the app or broken: estimate
+                        usage, usage_source = _estimate(req, facts, usage)
+                    else:  # complete, but the provider sent no usage
+                        usage = None
+                elif self.exc_type is None:  # JSON (also read through send(stream=True), e.g. raw clients)
+                    usage, response_model = self._parse_body(response)
+                    if _complete(usage):
+                        usage_source = "provider"
+                    else:
+                        usage = None
+
+        attribution = self.attribution
+        user = attribution.user if attribution is not None else None
+        if user is None:
+            user = _str(req.get("user")) or _str(_dict(req.get("metadata")).get("user_id"))
+        tags = (
+            {scrub(k, 128) or "": scrub(v, 512) or "" for k, v in list(attribution.tags.items())[:32]}
+            if attribution is not None
+            else {}
+        )
+        ts_end = self.wall0 + max(0.0, self.t1 - self.t0)
+        fields: dict[str, Any] = {
+            "id": new_event_id(self.wall0),
+            "call_id": self.call.get(self.wall0, self.request.headers.get("idempotency-key")),
+            "ts_start": self.wall0,
+            "ts_end": ts_end,
+            "provider": endpoint.provider,
+            "operation": endpoint.api,
+            "app": self.app,
+            "host": _HOST,
+            "pid": os.getpid(),
+            "server_address": _server_address(self.request.url)[:256],
+            "request_model": scrub(request_model),
+            "response_model": scrub(response_model),
+            "model": scrub(response_model or request_model),
+            "stream": req.get("stream") is True or sse,  # asked for a stream, or got one
+            "http_status": status,
+            "error_class": error_class,
+            "usage_source": usage_source,
+            "latency_ms": _millis(self.t1 - self.t0),  # streams: until the stream ended
+            "ttft_ms": ttft_ms,
+            "retry_attempt": _retry(self.retry),
+            "user": scrub(user),
+            "tags": tags,
+            "blocked": self.blocked,
+            "block_reason": self.block_reason[:1024] if self.block_reason else None,
+        }
+        if usage is not None:
+            fields.update(usage._asdict())
+        if headers is not None:
+            fields.update(_ratelimits(headers, endpoint.provider == ANTHROPIC))
+        ids = spans.emit(fields, self.otel_context, self.wall0)
+        if ids is not None:
+            fields["trace_id"], fields["span_id"] = ids
+        return UsageEvent(**fields)
+
+    def _parse_body(self, response: Any) -> tuple[Usage | None, str | None]:
+        if self.stream:  # bytes came through the stream proxy; a truncated body is not parsed
+            data = b"" if self.truncated else b"".join(c for c, _ in self.chunks_head)
+        else:
+            data = response.content
+        body = _json(data)
+        if self.endpoint.api == MESSAGES:
+            return anthropic_usage.from_body(body)
+        return openai_usage.from_body(self.endpoint.api, body)
+
+    def _scan_stream(self) -> StreamFacts:
+        if self.truncated and self.chunks_tail is not None:
+            events = [*iter_events(self.chunks_head), *iter_events(self.chunks_tail)]
+        else:
+            events = list(iter_events([*self.chunks_head, *(self.chunks_tail or ())]))
+        if self.endpoint.api == MESSAGES:
+            return anthropic_usage.scan_stream(events)
+        return openai_usage.scan_stream(self.endpoint.api, events)
+
+
+def classify_exception(exc_type: type) -> str:
+    """timeout / connection / other, by the httpx(2) class hierarchy (either generation)."""
+    names = {(c.__module__.split(".", 1)[0], c.__name__) for c in exc_type.__mro__}
+    libs = {"httpx", "httpx2"}
+    if any(mod in libs and name == "TimeoutException" for mod, name in names):
+        return "timeout"
+    if any(mod in libs and name in ("TransportError", "RequestError", "StreamError") for mod, name in names):
+        return "connection"
+    return "other"
+
+
+def _complete(usage: Usage | None) -> bool:
+    return usage is not None and usage.input_tokens is not None and usage.output_tokens is not None
+
+
+def _estimate(req: dict, facts: StreamFacts, usage: Usage | None) -> tuple[Usage | None, str]:
+    """Abandoned or broken stream: output from the text seen, input from what is known."""
+    input_tokens = usage.input_tokens if usage is not None else None
+    if input_tokens is None and req:
+        input_tokens = max(1, len(json.dumps(req.get("messages") or req.get("input") or req)) // 4)
+    from_text = -(-facts.text_chars // CHARS_PER_TOKEN)
+    partial = usage.output_tokens if usage is not None else None
+    output_tokens = max(from_text, partial or 0)
+    if input_tokens is None:
+        return None, "missing"
+    cached = usage.cached_input_tokens if usage is not None else None
+    write = usage.cache_write_tokens if usage is not None else None
+    return Usage(input_tokens, output_tokens, cached, write, None), "estimated"
+
+
+def _ratelimits(headers: Any, anthropic: bool) -> dict[str, int]:
+    if anthropic:
+        names = {
+            "ratelimit_remaining_requests": "anthropic-ratelimit-requests-remaining",
+            "ratelimit_remaining_tokens": "anthropic-ratelimit-tokens-remaining",
+            "ratelimit_limit_requests": "anthropic-ratelimit-requests-limit",
+            "ratelimit_limit_tokens": "anthropic-ratelimit-tokens-limit",
+        }
+    else:
+        names = {
+            "ratelimit_remaining_requests": "x-ratelimit-remaining-requests",
+            "ratelimit_remaining_tokens": "x-ratelimit-remaining-tokens",
+            "ratelimit_limit_requests": "x-ratelimit-limit-requests",
+            "ratelimit_limit_tokens": "x-ratelimit-limit-tokens",
+        }
+    out = {}
+    for field, header in names.items():
+        value = headers.get(header)
+        if value is not None and value.strip().isdigit():
+            out[field] = min(int(value), 10**12)
+    return out
+
+
+def _request_body(request: Any) -> bytes:
+    try:
+        return request.content
+    except Exception:  # a streaming request body that was never read
+        return b""
+
+
+def _json(data: bytes) -> dict:
+    if not data:
+        return {}
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_sse(headers: Any) -> bool:
+    """An event-stream answer (JSON and error answers are not; no content-type is taken as one)."""
+    if headers is None:
+        return False
+    content_type = headers.get("content-type")
+    return not content_type or "text/event-stream" in content_type
+
+
+def _millis(seconds: float) -> float:
+    """Milliseconds within the schema's bounds (0 … one day)."""
+    return min(max(0.0, seconds * 1000), 86_400_000.0)
+
+
+def _retry(value: str | None) -> int:
+    if value is not None and value.isdigit():
+        return min(int(value), 1000)
+    return 0
+
+
+def _server_address(url: Any) -> str:
+    host = url.host
+    return f"{host}:{url.port}" if url.port else host
+
+
+__all__ = ["CallId", "CallRecord", "classify_exception", "guard", "scrub"]

@@ -1,0 +1,98 @@
+"""OpenTelemetry GenAI spans, created on the emitter thread with explicit times.
+
+The parent context is captured on the call path (a contextvar read); the span
+itself is built later from the finished event fields, so the app pays nothing
+for it. Nothing happens unless an SDK ``TracerProvider`` is configured (the
+API's default proxy/no-op providers are skipped).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from costwatch import semconv
+
+try:
+    from opentelemetry import context as _otel_context
+    from opentelemetry import trace as _trace
+except ImportError:  # pragma: no cover - opentelemetry-api is a dependency, but stay optional
+    _otel_context = None  # type: ignore[assignment]
+    _trace = None  # type: ignore[assignment]
+
+_OPERATIONS = {
+    "chat": semconv.OPERATION_CHAT,
+    "responses": semconv.OPERATION_CHAT,
+    "messages": semconv.OPERATION_CHAT,
+    "embeddings": semconv.OPERATION_EMBEDDINGS,
+    "completions": semconv.OPERATION_TEXT_COMPLETION,
+}
+_tracers: dict[int, Any] = {}
+
+
+def current_context() -> Any:
+    """Call path: the parent context, or None when OpenTelemetry is absent."""
+    return _otel_context.get_current() if _otel_context is not None else None
+
+
+def tracer_provider() -> Any:
+    """The global provider (a seam for tests, which cannot reset the global one)."""
+    return _trace.get_tracer_provider()
+
+
+def _tracer() -> Any:
+    if _trace is None:
+        return None
+    provider = tracer_provider()
+    if isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)):
+        return None
+    tracer = _tracers.get(id(provider))
+    if tracer is None:
+        from costwatch import __version__
+
+        tracer = _tracers[id(provider)] = provider.get_tracer("costwatch", __version__)
+    return tracer
+
+
+def emit(fields: dict[str, Any], parent: Any, wall0: float) -> tuple[str, str] | None:
+    """Record one CLIENT span for the event fields; returns (trace_id, span_id) hex or None."""
+    tracer = _tracer()
+    if tracer is None:
+        return None
+    operation = _OPERATIONS.get(fields["operation"], fields["operation"])
+    model = fields.get("request_model") or fields.get("model") or ""
+    attributes: dict[str, Any] = {
+        semconv.GEN_AI_PROVIDER_NAME: fields["provider"],
+        semconv.GEN_AI_OPERATION_NAME: operation,
+        semconv.SERVER_ADDRESS: fields["server_address"].rsplit(":", 1)[0]
+        if fields.get("server_address")
+        else "",
+    }
+    optional = {
+        semconv.GEN_AI_REQUEST_MODEL: fields.get("request_model"),
+        semconv.GEN_AI_RESPONSE_MODEL: fields.get("response_model"),
+        semconv.GEN_AI_USAGE_INPUT_TOKENS: fields.get("input_tokens"),
+        semconv.GEN_AI_USAGE_OUTPUT_TOKENS: fields.get("output_tokens"),
+        semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: fields.get("cached_input_tokens"),
+        semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: fields.get("cache_write_tokens"),
+        semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: fields.get("reasoning_tokens"),
+        semconv.ERROR_TYPE: fields.get("error_class"),
+    }
+    if fields.get("ttft_ms") is not None:
+        optional[semconv.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = fields["ttft_ms"] / 1000
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    start_ns = int(wall0 * 1e9)
+    end_ns = start_ns + int(max(0.0, fields["ts_end"] - fields["ts_start"]) * 1e9)
+    span = tracer.start_span(
+        f"{operation} {model}".strip(),
+        context=parent,
+        kind=_trace.SpanKind.CLIENT,
+        attributes=attributes,
+        start_time=start_ns,
+    )
+    if fields.get("error_class"):
+        span.set_status(_trace.Status(_trace.StatusCode.ERROR))
+    span.end(end_time=end_ns)
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"

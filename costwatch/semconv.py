@@ -1,0 +1,27 @@
+"""OpenTelemetry GenAI semantic-convention names, defined once.
+
+The constants in ``opentelemetry-semantic-conventions`` are marked deprecated
+(moved to the GenAI conventions repo), so costwatch keeps its own; spans,
+metrics, storage columns and rules import them from here.
+"""
+
+from __future__ import annotations
+
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
+ERROR_TYPE = "error.type"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+
+# Values of gen_ai.operation.name (GenAI conventions) for our operations.
+OPERATION_CHAT = "chat"
+OPERATION_EMBEDDINGS = "embeddings"
+OPERATION_TEXT_COMPLETION = "text_completion"

@@ -1,0 +1,176 @@
+"""Small pure pieces: endpoint recognition, SSE parsing, the usage filter, scrubbing, bounds."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+from costwatch.context import Attribution
+from costwatch.instrument import anthropic as anthropic_usage
+from costwatch.instrument import openai as openai_usage
+from costwatch.instrument import record as record_module
+from costwatch.instrument.providers import Endpoint, Usage, recognize
+from costwatch.instrument.record import CallId, CallRecord, classify_exception, scrub
+from costwatch.instrument.sse import SSEvent, UsageChunkFilter, iter_events
+from tests.instrument.conftest import HTTP
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1/chat/completions", ("openai", "chat")),
+        ("/chat/completions", ("openai", "chat")),
+        ("/api/openai/v1/chat/completions/", ("openai", "chat")),
+        ("/v1/responses", ("openai", "responses")),
+        ("/v1/embeddings", ("openai", "embeddings")),
+        ("/v1/completions", ("openai", "completions")),
+        ("/v1/messages", ("anthropic", "messages")),
+        ("/openai/deployments/prod-4o/chat/completions", ("azure.openai", "chat")),
+        ("/openai/deployments/emb/embeddings", ("azure.openai", "embeddings")),
+        ("/v1/threads/t_1/messages", None),
+        ("/v1/messages/count_tokens", None),
+        ("/v1/responses/resp_1", None),
+        ("/v1/models", None),
+        ("/", None),
+    ],
+)
+def test_recognize(path: str, expected: tuple[str, str] | None) -> None:
+    got = recognize(path)
+    assert (tuple(got) if got else None) == expected
+
+
+def test_sse_events_split_across_chunks_and_crlf() -> None:
+    chunks = [(b"event: a\nda", 1.0), (b'ta: {"x":1}\n\n: comment\n\ndata: 2\r\n\r\ndata: tail', 2.0)]
+    assert list(iter_events(chunks)) == [
+        SSEvent("a", '{"x":1}', 2.0),
+        SSEvent(None, "2", 2.0),
+        SSEvent(None, "tail", 2.0),
+    ]
+
+
+def test_usage_filter_drops_only_the_injected_parts() -> None:
+    events = [
+        b'data: {"id":"a","choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n',
+        b'data: {"id":"a","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    raw = b"".join(events)
+    f = UsageChunkFilter()
+    out = b"".join(f.feed(raw[i : i + 7]) for i in range(0, len(raw), 7)) + f.tail()
+    assert out == b'data: {"id":"a","choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+
+
+def test_scrub() -> None:
+    assert scrub("key sk-proj-abcdefghijklmnop end") == "key sk-[redacted] end"
+    assert scrub("4111-1111-1111-1111") == "[card]"
+    assert scrub("order 12345") == "order 12345"
+    assert scrub("x" * 300) == "x" * 256
+    assert scrub(None) is None
+
+
+def test_classify_exception() -> None:
+    assert classify_exception(HTTP.ReadTimeout) == "timeout"
+    assert classify_exception(HTTP.ConnectError) == "connection"
+    assert classify_exception(HTTP.RemoteProtocolError) == "connection"
+    assert classify_exception(ValueError) == "other"
+
+
+def test_openai_usage_variants() -> None:
+    assert openai_usage.normalize_usage("chat", {"prompt_tokens": 5}) == Usage(5, None)
+    assert openai_usage.normalize_usage("chat", None) is None
+    assert openai_usage.normalize_usage("chat", {"prompt_tokens": True, "completion_tokens": -1}) == Usage(
+        None, None
+    )
+    assert openai_usage.normalize_usage("embeddings", {"prompt_tokens": 3, "total_tokens": 3}) == Usage(3, 0)
+    # a compatible server answering chat with Responses-style names
+    assert openai_usage.normalize_usage("chat", {"input_tokens": 4, "output_tokens": 2}) == Usage(4, 2)
+
+
+def test_anthropic_stream_cumulative_overrides() -> None:
+    def ev(data: dict) -> SSEvent:
+        return SSEvent(data["type"], json.dumps(data), 1.0)
+
+    events = [
+        ev(
+            {
+                "type": "message_start",
+                "message": {"model": "m", "usage": {"input_tokens": 5, "output_tokens": 1}},
+            }
+        ),
+        ev({"type": "message_delta", "usage": {"output_tokens": 7, "cache_read_input_tokens": 50}}),
+        ev({"type": "message_delta", "usage": {"output_tokens": 9}}),
+        ev({"type": "message_stop"}),
+    ]
+    facts = anthropic_usage.scan_stream(events)
+    assert facts.usage == Usage(55, 9, 50, None, None)
+    assert facts.usage_final and facts.terminal and facts.response_model == "m"
+    assert facts.first_content_t is None
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.items: list[CallRecord] = []
+
+    def __call__(self, item: CallRecord) -> None:
+        self.items.append(item)
+
+
+def _record(sink: _Sink, stream: bool = True) -> CallRecord:
+    request = HTTP.Request("POST", "http://h/v1/chat/completions", json={"model": "m", "stream": stream})
+    return CallRecord(
+        Endpoint("openai", "chat"), request, stream, "app", CallId(), "0", Attribution("u", {}), None, sink
+    )
+
+
+def test_stream_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record_module, "HEAD_BYTES", 1000)
+    monkeypatch.setattr(record_module, "TAIL_BYTES", 1000)
+    sink = _Sink()
+    rec = _record(sink)
+    chunk = b'data: {"choices":[{"delta":{"content":"abcd"}}]}\n\n'
+    for _ in range(1000):
+        rec.add_chunk(chunk)
+    kept = sum(len(c) for c, _ in rec.chunks_head) + sum(len(c) for c, _ in rec.chunks_tail or ())
+    assert kept <= 2000 + len(chunk) and rec.truncated
+    rec.add_chunk(
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2000}}\n\ndata: [DONE]\n\n'
+    )
+    rec.response = HTTP.Response(200, headers={"content-type": "text/event-stream"})
+    rec.finish("closed")
+    rec.finish("complete")  # latch: once only
+    assert sink.items == [rec]
+    event = rec.to_event()
+    assert (event.input_tokens, event.output_tokens, event.usage_source) == (3, 2000, "provider")
+    assert event.ttft_ms is not None and event.user == "u"
+
+
+def test_dropped_stream_is_finished_by_gc() -> None:
+    from costwatch.instrument.streams import stream_classes
+
+    sync_proxy, _ = stream_classes(HTTP)
+    sink = _Sink()
+    rec = _record(sink)
+    proxy = sync_proxy(HTTP.ByteStream(b'data: {"choices":[{"delta":{"content":"abcdefgh"}}]}\n\n'), rec)
+    it = iter(proxy)
+    next(it)
+    del it, proxy
+    gc.collect()
+    assert sink.items == [rec] and rec.end_reason in ("dropped", "closed")
+    rec.response = HTTP.Response(200, headers={"content-type": "text/event-stream"})
+    event = rec.to_event()
+    assert (event.usage_source, event.output_tokens) == ("estimated", 2)
+
+
+def test_usage_filter_crlf_and_oversized_events() -> None:
+    raw = (
+        b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\r\n\r\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":1}}\r\n\r\ndata: [DONE]\r\n\r\n'
+    )
+    f = UsageChunkFilter()
+    out = b"".join(f.feed(raw[i : i + 5]) for i in range(0, len(raw), 5)) + f.tail()
+    assert out == b'data: {"choices":[{"delta":{"content":"a"}}]}\r\n\r\ndata: [DONE]\r\n\r\n'
+    big = UsageChunkFilter()
+    blob = b"data: " + b"x" * (UsageChunkFilter.MAX_PENDING + 10)
+    assert big.feed(blob) == blob and big.tail() == b""
