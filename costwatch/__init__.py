@@ -6,7 +6,7 @@ whole public API.
 
 from costwatch.context import attribute
 from costwatch.errors import BudgetExhausted, CallBlocked, KillSwitchEngaged, RateLimited
-from costwatch.instrument import flush, instrument, uninstrument
+from costwatch.instrumentation import flush, instrument, uninstrument
 
 __version__ = "0.1.0"
 

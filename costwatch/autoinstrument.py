@@ -1,5 +1,5 @@
 """``import costwatch.autoinstrument``: instrument this process with settings from the environment."""
 
-from costwatch.instrument import instrument
+from costwatch.instrumentation import instrument
 
 instrument()

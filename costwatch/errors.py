@@ -2,7 +2,7 @@
 
 The instrumentation raises a per-SDK subclass that also derives from
 ``openai.OpenAIError`` / ``anthropic.AnthropicError`` (see
-``costwatch.instrument.killswitch.blocked_error``) so the SDKs re-raise it
+``costwatch.instrumentation.killswitch.blocked_error``) so the SDKs re-raise it
 without retrying or wrapping it; users catch the classes below.
 """
 

@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:  # the repo is not installed in the venv
     sys.path.insert(0, str(ROOT))
 
 from costwatch.events import UsageEvent, new_event_id  # noqa: E402
-from costwatch.instrument.emitter import Emitter  # noqa: E402
+from costwatch.instrumentation.emitter import Emitter  # noqa: E402
 from costwatch.settings import ClientSettings  # noqa: E402
 from tests.fakes.sink import FakeDaemon  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from costwatch.instrument.emitter import Emitter
+from costwatch.instrumentation.emitter import Emitter
 
 from .conftest import BadItem, Item, make_event
 

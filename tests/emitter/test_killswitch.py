@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from costwatch.errors import CallBlocked, KillSwitchEngaged
-from costwatch.instrument.killswitch import KillSwitchView, blocked_error
+from costwatch.instrumentation.killswitch import KillSwitchView, blocked_error
 from costwatch.protocol import KillSwitch, KillSwitchState
 
 from .conftest import Item

@@ -43,7 +43,7 @@ def test_fork_child_gets_fresh_queue_and_its_events_arrive(sink, make_emitter):
 _SCRIPT = """
 import sys, json
 sys.path.insert(0, {root!r})
-from costwatch.instrument.emitter import Emitter
+from costwatch.instrumentation.emitter import Emitter
 from costwatch.settings import ClientSettings
 from tests.emitter.conftest import Item
 settings = ClientSettings(url={url!r}, state_dir={state!r}, token=None, flush_interval_s=5,

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from costwatch.events import encode
-from costwatch.instrument.spool import Spool
+from costwatch.instrumentation.spool import Spool
 
 from .conftest import ROOT, Item, make_event
 
@@ -70,7 +70,7 @@ def test_orphans_of_dead_processes_are_claimed_once_and_live_ones_left_alone(tmp
         f"""
         import sys; sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from costwatch.instrument.spool import Spool
+        from costwatch.instrumentation.spool import Spool
         from tests.emitter.conftest import make_event
         spool = Spool(Path({str(tmp_path)!r}), 1 << 20)
         events = [make_event() for _ in range(5)]

@@ -8,13 +8,13 @@ import json
 import pytest
 
 from costwatch.context import Attribution
-from costwatch.instrument import anthropic as anthropic_usage
-from costwatch.instrument import openai as openai_usage
-from costwatch.instrument import record as record_module
-from costwatch.instrument.providers import Endpoint, Usage, recognize
-from costwatch.instrument.record import CallId, CallRecord, classify_exception, scrub
-from costwatch.instrument.sse import SSEvent, UsageChunkFilter, iter_events
-from tests.instrument.conftest import HTTP
+from costwatch.instrumentation import anthropic as anthropic_usage
+from costwatch.instrumentation import openai as openai_usage
+from costwatch.instrumentation import record as record_module
+from costwatch.instrumentation.providers import Endpoint, Usage, recognize
+from costwatch.instrumentation.record import CallId, CallRecord, classify_exception, scrub
+from costwatch.instrumentation.sse import SSEvent, UsageChunkFilter, iter_events
+from tests.instrumentation.conftest import HTTP
 
 
 @pytest.mark.parametrize(
@@ -147,7 +147,7 @@ def test_stream_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dropped_stream_is_finished_by_gc() -> None:
-    from costwatch.instrument.streams import stream_classes
+    from costwatch.instrumentation.streams import stream_classes
 
     sync_proxy, _ = stream_classes(HTTP)
     sink = _Sink()

@@ -8,10 +8,10 @@ from typing import Any
 import anthropic
 import pytest
 
-from costwatch.instrument import instrument, uninstrument
+from costwatch.instrumentation import instrument, uninstrument
 from costwatch.settings import ClientSettings
 from tests.fakes.provider import TEXT, FakeProvider
-from tests.instrument.conftest import RecordingEmitter
+from tests.instrumentation.conftest import RecordingEmitter
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 # Anthropic input 14 + cache read 100 + cache write 20 (normalized: all prompt tokens)

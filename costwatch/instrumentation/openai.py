@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from costwatch.instrument.providers import (
+from costwatch.instrumentation.providers import (
     COMPLETIONS,
     EMBEDDINGS,
     RESPONSES,
@@ -19,7 +19,7 @@ from costwatch.instrument.providers import (
     Usage,
     as_int,
 )
-from costwatch.instrument.sse import SSEvent
+from costwatch.instrumentation.sse import SSEvent
 
 _TERMINAL_RESPONSE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 

@@ -12,9 +12,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from costwatch import semconv
-from costwatch.instrument import spans
+from costwatch.instrumentation import spans
 from tests.fakes.provider import FakeProvider
-from tests.instrument.conftest import RecordingEmitter
+from tests.instrumentation.conftest import RecordingEmitter
 
 _provider = TracerProvider()
 _exporter = InMemorySpanExporter()

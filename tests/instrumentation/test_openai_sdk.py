@@ -9,10 +9,10 @@ from typing import Any
 import openai
 import pytest
 
-from costwatch.instrument import instrument, uninstrument
+from costwatch.instrumentation import instrument, uninstrument
 from costwatch.settings import ClientSettings
 from tests.fakes.provider import CHAT_USAGE, TEXT, TEXT_PIECES, FakeProvider
-from tests.instrument.conftest import RecordingEmitter
+from tests.instrumentation.conftest import RecordingEmitter
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
 
-from costwatch.instrument.record import CallRecord, guard
+from costwatch.instrumentation.record import CallRecord, guard
 
 _classes: dict[str, tuple[type, type]] = {}
 

@@ -36,12 +36,12 @@ from types import ModuleType
 from typing import Any
 
 from costwatch.context import current_attribution
-from costwatch.instrument import spans
-from costwatch.instrument.killswitch import blocked_error
-from costwatch.instrument.providers import AZURE_OPENAI, CHAT, Endpoint, azure_deployment, recognize
-from costwatch.instrument.record import CallId, CallRecord, guard
-from costwatch.instrument.sse import UsageChunkFilter
-from costwatch.instrument.streams import stream_classes
+from costwatch.instrumentation import spans
+from costwatch.instrumentation.killswitch import blocked_error
+from costwatch.instrumentation.providers import AZURE_OPENAI, CHAT, Endpoint, azure_deployment, recognize
+from costwatch.instrumentation.record import CallId, CallRecord, guard
+from costwatch.instrumentation.sse import UsageChunkFilter
+from costwatch.instrumentation.streams import stream_classes
 
 # Hosts where inject_stream_usage="openai" adds stream_options.include_usage.
 INJECT_USAGE_HOSTS: frozenset[str] = frozenset({"api.openai.com"})

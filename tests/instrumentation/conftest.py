@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from costwatch.events import UsageEvent, decode, encode
-from costwatch.instrument import instrument, uninstrument
+from costwatch.instrumentation import instrument, uninstrument
 from costwatch.protocol import KillSwitch
 from costwatch.settings import ClientSettings
 

@@ -31,10 +31,10 @@ from typing import Any
 
 from costwatch.context import Attribution
 from costwatch.events import UsageEvent, classify_status, local_host, new_event_id
-from costwatch.instrument import anthropic as anthropic_usage
-from costwatch.instrument import openai as openai_usage
-from costwatch.instrument import spans
-from costwatch.instrument.providers import (
+from costwatch.instrumentation import anthropic as anthropic_usage
+from costwatch.instrumentation import openai as openai_usage
+from costwatch.instrumentation import spans
+from costwatch.instrumentation.providers import (
     ANTHROPIC,
     AZURE_OPENAI,
     MESSAGES,
@@ -43,9 +43,9 @@ from costwatch.instrument.providers import (
     Usage,
     azure_deployment,
 )
-from costwatch.instrument.sse import iter_events
+from costwatch.instrumentation.sse import iter_events
 
-log = logging.getLogger("costwatch.instrument")
+log = logging.getLogger("costwatch.instrumentation")
 
 HEAD_BYTES = 1 << 20  # stream bytes kept from the start (first content event → TTFT, message_start)
 TAIL_BYTES = 1 << 20  # and from the end (final usage) once a stream outgrows the head

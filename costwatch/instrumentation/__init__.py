@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from costwatch.instrument import patch
-from costwatch.instrument.record import guard
+from costwatch.instrumentation import patch
+from costwatch.instrumentation.record import guard
 from costwatch.settings import ClientSettings
 
 __all__ = ["flush", "instrument", "uninstrument"]
@@ -36,7 +36,7 @@ def instrument(settings: ClientSettings | None = None, *, emitter: Any = None) -
             return
         try:
             if emitter is None:
-                from costwatch.instrument.emitter import Emitter
+                from costwatch.instrumentation.emitter import Emitter
 
                 emitter = Emitter(settings)
             emitter.start()

@@ -11,14 +11,14 @@ import httpx
 import openai
 import pytest
 
-from costwatch.instrument import flush, instrument, patch, uninstrument
-from costwatch.instrument import openai as openai_usage
-from costwatch.instrument import record as record_module
-from costwatch.instrument.record import CallRecord, guard
-from costwatch.instrument.sse import UsageChunkFilter
+from costwatch.instrumentation import flush, instrument, patch, uninstrument
+from costwatch.instrumentation import openai as openai_usage
+from costwatch.instrumentation import record as record_module
+from costwatch.instrumentation.record import CallRecord, guard
+from costwatch.instrumentation.sse import UsageChunkFilter
 from costwatch.settings import ClientSettings
 from tests.fakes.provider import TEXT, TEXT_PIECES, FakeProvider
-from tests.instrument.conftest import HAS_HTTPX2, HTTP, RecordingEmitter
+from tests.instrumentation.conftest import HAS_HTTPX2, HTTP, RecordingEmitter
 
 CLASSES = [httpx.Client, httpx.AsyncClient] + ([HTTP.Client, HTTP.AsyncClient] if HAS_HTTPX2 else [])
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
@@ -179,7 +179,7 @@ def test_faults_on_the_call_path(
         monkeypatch.setattr(emitter, "submit", boom)
     instrument(ClientSettings(app="t", inject_stream_usage="off"), emitter=emitter)
     try:
-        with caplog.at_level(logging.WARNING, logger="costwatch.instrument"):
+        with caplog.at_level(logging.WARNING, logger="costwatch.instrumentation"):
             assert _app_run(fake_provider) == baseline
     finally:
         uninstrument()

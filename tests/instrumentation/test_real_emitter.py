@@ -8,16 +8,16 @@ import openai
 import pytest
 
 import costwatch
-from costwatch.instrument import instrument, uninstrument
+from costwatch.instrumentation import instrument, uninstrument
 from costwatch.protocol import KillSwitch, KillSwitchState
 from costwatch.settings import ClientSettings
 from tests.fakes.provider import TEXT, FakeProvider
 
-pytest.importorskip("costwatch.instrument.emitter")
+pytest.importorskip("costwatch.instrumentation.emitter")
 
 
 def test_real_emitter_and_killswitch(fake_provider: FakeProvider, tmp_path: Path) -> None:
-    from costwatch.instrument import _emitter_for_tests
+    from costwatch.instrumentation import _emitter_for_tests
 
     settings = ClientSettings(app="real", url="http://127.0.0.1:9", state_dir=tmp_path)
     instrument(settings)

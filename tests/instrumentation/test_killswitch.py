@@ -9,7 +9,7 @@ import pytest
 import costwatch
 from costwatch.protocol import KillSwitch
 from tests.fakes.provider import FakeProvider
-from tests.instrument.conftest import RecordingEmitter
+from tests.instrumentation.conftest import RecordingEmitter
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -68,7 +68,7 @@ def test_user_from_openai_body(fake_provider: FakeProvider, instrumented: Record
 def test_async_and_azure_model_scope(instrumented: RecordingEmitter) -> None:
     import asyncio
 
-    from tests.instrument.conftest import HTTP
+    from tests.instrumentation.conftest import HTTP
 
     instrumented.killswitch.engaged.append(KillSwitch(id="k4", scope={"model": "prod-4o"}))
     sent: list[object] = []

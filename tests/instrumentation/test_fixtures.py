@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.provider import FIXTURES, FakeProvider
-from tests.instrument.conftest import HTTP
+from tests.instrumentation.conftest import HTTP
 
 NAMES = sorted(p.name.removesuffix(".expected.json") for p in FIXTURES.glob("*.expected.json"))
 PATHS = {

@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from costwatch.instrument.providers import StreamFacts, Usage, as_int
-from costwatch.instrument.sse import SSEvent
+from costwatch.instrumentation.providers import StreamFacts, Usage, as_int
+from costwatch.instrumentation.sse import SSEvent
 
 
 def normalize_usage(usage: Any) -> Usage | None:

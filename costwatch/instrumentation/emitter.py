@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from costwatch.events import UsageEvent, encode, encode_many
-from costwatch.instrument.killswitch import KillSwitchView
-from costwatch.instrument.spool import Spool
+from costwatch.instrumentation.killswitch import KillSwitchView
+from costwatch.instrumentation.spool import Spool
 from costwatch.protocol import IngestReply, KillSwitchState
 from costwatch.settings import ClientSettings
 
