@@ -15,7 +15,8 @@ behaviour scripted per request by the ``x-fake-scenario`` header:
   ``NAME.sse`` verbatim.
 
 ``x-fake-chunk-delay: SECONDS`` spaces stream events. The response model is
-the request model with ``-snap`` appended (so tests can tell them apart).
+the request model with ``-snap`` appended (so tests can tell them apart), or
+the value of ``x-fake-response-model`` (e.g. a dated snapshot a price table knows).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return None
-        model = str(body.get("model") or "unknown") + "-snap"
+        model = self.headers.get("x-fake-response-model") or str(body.get("model") or "unknown") + "-snap"
         usage = scenario != "no-usage"
         if not stream:
             return self._json(200, _json_body(api, model, usage, body), api)
