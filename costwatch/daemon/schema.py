@@ -62,7 +62,10 @@ def event_columns() -> dict[str, str]:
 
 def usage_events_ddl() -> str:
     columns = {**event_columns(), **DAEMON_COLUMNS}
-    columns["id"] = "VARCHAR PRIMARY KEY"
+    # No PRIMARY KEY: the ART index it builds made the file ~5x larger (4M UUIDv7 ids:
+    # 322 MB vs 66 MB) and inserts ~16% slower. The store dedupes instead with an
+    # anti-join on the batch's ts_start range (zone maps; ~6 ms per 10k ids at 4M rows).
+    columns["id"] = "VARCHAR NOT NULL"
     body = ",\n    ".join(f"{name} {sql_type}" for name, sql_type in columns.items())
     return f"CREATE TABLE usage_events (\n    {body}\n)"
 

@@ -1,0 +1,504 @@
+"""DuckDB storage: open + migrate, and the single writer thread that group-commits ingest batches.
+
+DuckDB allows one writing process per file and executemany runs ~2k rows/s, so
+one thread owns every write: it merges the batches that queued up while the
+previous commit ran, dedupes them by event id, prices them, inserts them as one
+registered Arrow table, commits, updates metrics, and only then resolves each
+request's future (a 2xx means "committed"). Reads use their own cursors.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from msgspec.structs import astuple
+
+from costwatch.daemon import schema
+from costwatch.events import UsageEvent
+from costwatch.pricing import Price, Pricer
+
+__all__ = ["IngestResult", "Store", "open_database"]
+
+log = logging.getLogger("costwatch.daemon.store")
+T = TypeVar("T")
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "VARCHAR": pa.string(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    "MAP(VARCHAR, VARCHAR)": pa.map_(pa.string(), pa.string()),
+}
+EVENT_COLUMNS: dict[str, str] = schema.event_columns()
+ALL_COLUMNS: list[str] = [*EVENT_COLUMNS, *schema.DAEMON_COLUMNS]
+_MERGE_MAX_EVENTS = 20_000  # a commit takes what queued meanwhile, up to this many events
+_LOW_DISK_BYTES = 64 * 1024 * 1024
+
+
+def open_database(
+    path: Path,
+    *,
+    read_only: bool = False,
+    memory_limit: str = "1GB",
+    threads: int = 2,
+    timezone: str = "UTC",
+) -> duckdb.DuckDBPyConnection:
+    """Open the file sandboxed: no file/network access from SQL, configuration locked.
+
+    ``enable_external_access=false`` is database-wide, so the ad-hoc SQL path
+    cannot read local files or URLs; Arrow ingest still works because the
+    writer registers its tables explicitly.
+    """
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(
+        str(path),
+        read_only=read_only,
+        config={
+            "enable_external_access": False,
+            "memory_limit": memory_limit,
+            "threads": threads,
+        },
+    )
+    try:
+        con.execute(f"SET TimeZone = '{_quote(timezone)}'")  # validated by settings (zoneinfo)
+        if not read_only:
+            migrate(con)
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied_at TIMESTAMPTZ)")
+    done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    for version, statements in schema.MIGRATIONS:
+        if version in done:
+            continue
+        con.execute("BEGIN")
+        for statement in statements():
+            con.execute(statement)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [version])
+        con.execute("COMMIT")
+
+
+def _timestamps(values: tuple[float, ...] | list[float]) -> pa.Array:
+    seconds = pa.array(values, pa.float64())
+    micros = pc.round(pc.multiply(seconds, 1_000_000.0)).cast(pa.int64())
+    return micros.cast(_ARROW_TYPES["TIMESTAMPTZ"])
+
+
+def events_to_arrow(events: list[UsageEvent], prices: list[Price | None], ingested_at: float) -> pa.Table:
+    """Column-wise Arrow table in `usage_events` column order.
+
+    ``astuple`` + ``zip(*rows)`` transposes in C: ~3x faster than a getattr per cell.
+    """
+    columns = list(zip(*(astuple(e) for e in events), strict=True)) if events else [() for _ in EVENT_COLUMNS]
+    arrays: list[pa.Array] = []
+    for sql_type, values in zip(EVENT_COLUMNS.values(), columns, strict=True):
+        if sql_type == "TIMESTAMPTZ":
+            arrays.append(_timestamps(values))
+        else:  # dicts convert to MAP directly
+            arrays.append(pa.array(values, _ARROW_TYPES[sql_type]))
+    arrays.append(pa.array([p.cost_usd if p else None for p in prices], pa.float64()))
+    arrays.append(pa.array([p.input_cost_usd if p else None for p in prices], pa.float64()))
+    arrays.append(pa.array([p.output_cost_usd if p else None for p in prices], pa.float64()))
+    arrays.append(pa.array([p is not None for p in prices], pa.bool_()))
+    arrays.append(pa.array([p.source if p else None for p in prices], pa.string()))
+    arrays.append(pa.array([p.version if p else None for p in prices], pa.string()))
+    arrays.append(_timestamps([ingested_at] * len(events)))
+    return pa.Table.from_arrays(arrays, names=ALL_COLUMNS)
+
+
+@dataclass
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass
+class _IngestJob:
+    events: list[UsageEvent]
+    future: concurrent.futures.Future[IngestResult] = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass
+class _CallJob:
+    fn: Callable[[duckdb.DuckDBPyConnection], Any]
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+_STOP = object()
+CommitHook = Callable[[list[UsageEvent], list["Price | None"], float], None]
+
+
+class Store:
+    """Owns the DuckDB connection; every write goes through its writer thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        pricer: Pricer,
+        *,
+        memory_limit: str = "1GB",
+        threads: int = 2,
+        timezone: str = "UTC",
+        on_commit: CommitHook | None = None,
+    ) -> None:
+        self.path = path
+        self.pricer = pricer
+        self.on_commit = on_commit
+        self.con = open_database(path, memory_limit=memory_limit, threads=threads, timezone=timezone)
+        self.last_error: str | None = None
+        self.last_commit_at: float | None = None
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._closed = False
+        self.pending_events = 0  # queued but not yet committed (read by the app for backpressure)
+        self._pending_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="costwatch-writer", daemon=True)
+        self._thread.start()
+
+    # -- public API -----------------------------------------------------------------
+    def submit(self, events: list[UsageEvent]) -> concurrent.futures.Future[IngestResult]:
+        """Queue events for the next group commit; the future resolves after COMMIT."""
+        job = _IngestJob(events)
+        if self._closed:
+            job.future.set_exception(RuntimeError("the store is closed"))
+        else:
+            with self._pending_lock:
+                self.pending_events += len(events)
+            self._queue.put(job)
+        return job.future
+
+    def call(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float | None = 60) -> T:
+        """Run ``fn(cursor)`` on the writer thread inside one transaction; returns its result."""
+        job = _CallJob(fn)
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        self._queue.put(job)
+        return job.future.result(timeout)
+
+    def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn`` on a fresh cursor (any thread); MVCC keeps it off the writer's way."""
+        cur = self.con.cursor()
+        try:
+            return fn(cur)
+        finally:
+            cur.close()
+
+    def health(self) -> list[str]:
+        """Reasons the store is degraded; empty when healthy."""
+        reasons = []
+        if not self._thread.is_alive():
+            reasons.append("writer thread is not running")
+        if self.last_error:
+            reasons.append(f"last commit failed: {self.last_error}")
+        directory = self.path.parent
+        if not os.access(directory, os.W_OK):
+            reasons.append(f"database directory {directory} is not writable")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            reasons.append(f"database file {self.path} is not writable")
+        try:
+            if shutil.disk_usage(directory).free < _LOW_DISK_BYTES:
+                reasons.append(f"disk almost full under {directory}")
+        except OSError as exc:
+            reasons.append(f"cannot stat {directory}: {exc}")
+        return reasons
+
+    def close(self) -> None:
+        """Drain queued work, checkpoint and close (called on SIGTERM/SIGINT)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+        try:
+            self.con.execute("CHECKPOINT")
+        except duckdb.Error as exc:
+            log.warning("checkpoint on close failed: %s", exc)
+        self.con.close()
+
+    # -- writer thread --------------------------------------------------------------
+    def _run(self) -> None:
+        cur = self.con.cursor()
+        pending: Any = None
+        while True:
+            job = pending if pending is not None else self._queue.get()
+            pending = None
+            if job is _STOP:
+                break
+            try:
+                if isinstance(job, _CallJob):
+                    if job.future.set_running_or_notify_cancel():
+                        self._run_call(cur, job)
+                    continue
+                jobs = [job]
+                count = len(job.events)
+                while count < _MERGE_MAX_EVENTS:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(nxt, _IngestJob):
+                        pending = nxt
+                        break
+                    jobs.append(nxt)
+                    count += len(nxt.events)
+                self._commit(cur, jobs)
+            except Exception:  # the writer must outlive any one job
+                log.exception("writer job failed")
+        cur.close()
+
+    def _run_call(self, cur: duckdb.DuckDBPyConnection, job: _CallJob) -> None:
+        try:
+            cur.execute("BEGIN")
+            result = job.fn(cur)
+            cur.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(cur)
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)
+
+    def _commit(self, cur: duckdb.DuckDBPyConnection, jobs: list[_IngestJob]) -> None:
+        try:
+            self._commit_jobs(cur, jobs)
+        finally:
+            with self._pending_lock:
+                self.pending_events -= sum(len(job.events) for job in jobs)
+
+    def _commit_jobs(self, cur: duckdb.DuckDBPyConnection, jobs: list[_IngestJob]) -> None:
+        # A request cancelled while queued is dropped (it was never acknowledged); once
+        # running, a future can no longer be cancelled, so resolving it below cannot fail.
+        jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        started = time.perf_counter()
+        try:
+            existing = _existing_ids(cur, [e for job in jobs for e in job.events])
+            fresh: list[UsageEvent] = []
+            results: list[IngestResult] = []
+            seen: set[str] = set()
+            for job in jobs:
+                accepted = duplicates = 0
+                for event in job.events:
+                    if event.id in existing or event.id in seen:
+                        duplicates += 1
+                    else:
+                        seen.add(event.id)
+                        fresh.append(event)
+                        accepted += 1
+                results.append(IngestResult(accepted, duplicates))
+            prices = [self.pricer.price(e) for e in fresh]
+            if fresh:
+                table = events_to_arrow(fresh, prices, time.time())
+                cur.execute("BEGIN")
+                cur.register("_cw_batch", table)
+                try:
+                    cur.execute(
+                        f"INSERT INTO usage_events ({', '.join(ALL_COLUMNS)}) SELECT * FROM _cw_batch"
+                    )
+                finally:
+                    _unregister(cur, "_cw_batch")
+                cur.execute("COMMIT")
+        except Exception as exc:
+            _rollback(cur)
+            _unregister(cur, "_cw_batch")
+            self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.error("commit failed: %s", self.last_error)
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        self.last_error = None
+        self.last_commit_at = time.time()
+        if self.on_commit is not None:
+            try:
+                self.on_commit(fresh, prices, time.perf_counter() - started)
+            except Exception:  # metrics must never fail an ingest that is committed
+                log.exception("updating metrics failed")
+        for job, result in zip(jobs, results, strict=True):
+            job.future.set_result(result)
+
+
+def _unregister(cur: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop a registered Arrow view without masking the error that aborted the transaction."""
+    try:
+        cur.unregister(name)
+    except duckdb.Error:
+        pass
+
+
+def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cur.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
+
+
+def _existing_ids(cur: duckdb.DuckDBPyConnection, events: list[UsageEvent]) -> set[str]:
+    """Ids of these events already stored: an anti-join limited to the batch's ts_start range.
+
+    A retried event carries the same id *and* ts_start, so the range (pruned by
+    zone maps on time-ordered rows) always contains the stored copy.
+    """
+    if not events:
+        return set()
+    lo = min(e.ts_start for e in events)
+    hi = max(e.ts_start for e in events)
+    ids = pa.table({"id": pa.array([e.id for e in events], pa.string())})
+    cur.register("_cw_ids", ids)
+    try:
+        rows = cur.execute(
+            "SELECT u.id FROM usage_events u WHERE u.ts_start BETWEEN to_timestamp(?) AND to_timestamp(?)"
+            " AND u.id IN (SELECT id FROM _cw_ids)",
+            [lo - 1e-6, hi + 1e-6],
+        ).fetchall()
+    finally:
+        _unregister(cur, "_cw_ids")
+    return {row[0] for row in rows}
+
+
+# -- canned queries (status, reprice, export) -------------------------------------------
+def summary(cur: duckdb.DuckDBPyConnection, tz: str = "UTC") -> dict[str, Any]:
+    """What `costwatch status` shows: counts and spend today / month to date in ``tz``."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(ZoneInfo(tz))
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.replace(day=1)
+    row = cur.execute(
+        "SELECT count(*), count(*) FILTER (WHERE NOT priced AND usage_source <> 'missing'),"
+        " count(*) FILTER (WHERE usage_source = 'missing'),"
+        " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ?), 0),"
+        " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ?), 0),"
+        " epoch(min(ts_start)), epoch(max(ts_start)), epoch(max(ingested_at))"
+        " FROM usage_events",
+        [day, month],
+    ).fetchone()
+    assert row is not None
+    return {
+        "events": row[0],
+        "unpriced": row[1],
+        "usage_missing": row[2],
+        "spend_today_usd": row[3],
+        "spend_month_usd": row[4],
+        "first_event_ts": row[5],
+        "last_event_ts": row[6],
+        "last_ingest_ts": row[7],
+        "timezone": tz,
+    }
+
+
+_REPRICE_COLUMNS = (
+    "id, provider, model, response_model, request_model, input_tokens, output_tokens,"
+    " cached_input_tokens, cache_write_tokens, usage_source, epoch(ts_start)"
+)
+
+
+def reprice(cur: duckdb.DuckDBPyConnection, pricer: Pricer, since: float | None) -> dict[str, int]:
+    """Recompute the cost columns of rows with ts_start >= since (all rows when None)."""
+    lo = since if since is not None else 0.0
+    rows = cur.execute(
+        f"SELECT {_REPRICE_COLUMNS} FROM usage_events WHERE ts_start >= to_timestamp(?)", [lo]
+    ).fetchall()
+    prices: list[Price | None] = []
+    for r in rows:
+        event = UsageEvent(
+            id=r[0], call_id=r[0], ts_start=r[10], ts_end=r[10], provider=r[1], operation="reprice",
+            model=r[2], response_model=r[3], request_model=r[4], input_tokens=r[5], output_tokens=r[6],
+            cached_input_tokens=r[7], cache_write_tokens=r[8], usage_source=r[9],
+        )  # fmt: skip
+        prices.append(pricer.price(event))
+    table = pa.table(
+        {
+            "id": pa.array([r[0] for r in rows], pa.string()),
+            "cost_usd": pa.array([p.cost_usd if p else None for p in prices], pa.float64()),
+            "input_cost_usd": pa.array([p.input_cost_usd if p else None for p in prices], pa.float64()),
+            "output_cost_usd": pa.array([p.output_cost_usd if p else None for p in prices], pa.float64()),
+            "priced": pa.array([p is not None for p in prices], pa.bool_()),
+            "price_source": pa.array([p.source if p else None for p in prices], pa.string()),
+            "price_version": pa.array([p.version if p else None for p in prices], pa.string()),
+        }
+    )
+    cur.register("_cw_reprice", table)
+    try:
+        cur.execute(
+            "UPDATE usage_events SET cost_usd = b.cost_usd, input_cost_usd = b.input_cost_usd,"
+            " output_cost_usd = b.output_cost_usd, priced = b.priced, price_source = b.price_source,"
+            " price_version = b.price_version FROM _cw_reprice b"
+            " WHERE usage_events.id = b.id AND usage_events.ts_start >= to_timestamp(?)",
+            [lo],
+        )
+    finally:
+        _unregister(cur, "_cw_reprice")
+    return {"repriced": len(rows), "priced": sum(p is not None for p in prices)}
+
+
+def reprice_file(path: Path, pricer: Pricer, since: float | None, **open_kwargs: Any) -> dict[str, int]:
+    """`costwatch reprice` when no daemon runs: open the file, reprice in one transaction."""
+    con = open_database(path, **open_kwargs)
+    try:
+        con.execute("BEGIN")
+        result = reprice(con, pricer, since)
+        con.execute("COMMIT")
+        return result
+    finally:
+        con.close()
+
+
+def export_parquet(cur: duckdb.DuckDBPyConnection, directory: Path, since: float | None) -> dict[str, Any]:
+    """Write ``DIR/date=YYYY-MM-DD/usage_events.parquet`` per UTC day (one day in memory at a time).
+
+    ``since`` is rounded down to its UTC midnight, so every file holds a whole day.
+
+    The database has external access off, so DuckDB's COPY cannot write files:
+    pyarrow writes what DuckDB hands over as Arrow.
+    """
+    import pyarrow.parquet as pq
+
+    # Whole UTC days only: a partial first day would overwrite a complete earlier export.
+    lo = (since // 86_400) * 86_400 if since is not None else 0.0
+    days = [
+        row[0]
+        for row in cur.execute(
+            "SELECT DISTINCT CAST(timezone('UTC', ts_start) AS DATE) AS d FROM usage_events"
+            " WHERE ts_start >= to_timestamp(?) ORDER BY d",
+            [lo],
+        ).fetchall()
+    ]
+    files: list[str] = []
+    total = 0
+    for day in days:
+        table = cur.sql(  # a relation, not a DB-API result: Arrow without an extra copy
+            "SELECT * FROM usage_events WHERE CAST(timezone('UTC', ts_start) AS DATE) = ?"
+            " AND ts_start >= to_timestamp(?) ORDER BY ts_start",
+            params=[day, lo],
+        ).to_arrow_table()
+        target = directory / f"date={day.isoformat()}"
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / "usage_events.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        files.append(str(path))
+        total += table.num_rows
+    return {"files": files, "rows": total}

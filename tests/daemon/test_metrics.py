@@ -1,0 +1,78 @@
+"""/metrics agrees with SQL, and passes promtool's lint when promtool is installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.daemon.conftest import make_event, post_events, sql
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _sum(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+
+def _populate(client: httpx.Client) -> None:
+    events = [
+        make_event(input_tokens=1000, cached_input_tokens=100, output_tokens=50, latency_ms=800, ttft_ms=120,
+                   http_status=200, ratelimit_remaining_requests=99, ratelimit_remaining_tokens=50_000),
+        make_event(provider="anthropic", operation="messages", model="claude-sonnet-4-20250514",
+                   input_tokens=3000, cache_write_tokens=1000, output_tokens=400, reasoning_tokens=100,
+                   latency_ms=4000, http_status=200),
+        make_event(http_status=429, error_class="rate_limit", latency_ms=30, usage_source="missing"),
+        make_event(model="unknown-model", input_tokens=5, output_tokens=5, http_status=200),
+    ]  # fmt: skip
+    assert post_events(client, events).status_code == 200
+
+
+def test_metrics_match_sql(client: httpx.Client) -> None:
+    _populate(client)
+    m = _samples(client.get("/metrics").text)
+    row = sql(
+        client,
+        "SELECT count(*), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens),"
+        " sum(cache_write_tokens), sum(reasoning_tokens), sum(cost_usd) FROM usage_events",
+    )[0]
+    assert _sum(m, "costwatch_llm_requests_total") == row[0] == 4
+    assert _sum(m, "costwatch_llm_tokens_total", type="input") == row[1]
+    assert _sum(m, "costwatch_llm_tokens_total", type="output") == row[2]
+    assert _sum(m, "costwatch_llm_tokens_total", type="cached_input") == row[3]
+    assert _sum(m, "costwatch_llm_tokens_total", type="cache_write") == row[4]
+    assert _sum(m, "costwatch_llm_tokens_total", type="reasoning") == row[5]
+    assert _sum(m, "costwatch_llm_cost_usd_total") == pytest.approx(row[6])
+    assert _sum(m, "costwatch_ingest_events_total") == 4
+    assert _sum(m, "costwatch_llm_requests_total", status_class="4xx", error_class="rate_limit") == 1
+    assert _sum(m, "costwatch_unpriced_events_total", model="unknown-model") == 1
+    assert _sum(m, "costwatch_llm_request_duration_seconds_count") == 3  # one event has no latency
+    assert _sum(m, "costwatch_llm_request_duration_seconds_bucket", le="1.0") == 2
+    assert _sum(m, "costwatch_llm_time_to_first_token_seconds_count") == 1
+    assert _sum(m, "costwatch_llm_ratelimit_remaining_requests", model="gpt-4o-mini") == 99
+    assert _sum(m, "costwatch_ingest_batches_total") == 1
+    assert _sum(m, "costwatch_ingest_commit_seconds_count") == 1
+    assert _sum(m, "costwatch_up") == 1
+    assert _sum(m, "costwatch_killswitch_engaged", scope="global") == 0
+    assert _sum(m, "costwatch_last_ingest_timestamp_seconds") > 0
+    assert not any("user" in dict(labels) for _, labels in m)
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)"
+)
+def test_promtool_check_metrics(client: httpx.Client) -> None:
+    _populate(client)
+    client.post("/v1/killswitch", json={"action": "engage", "scope": {"app": "a"}, "reason": "r"})
+    text = client.get("/metrics").text
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
