@@ -75,7 +75,8 @@ def open_database(
         },
     )
     try:
-        con.execute(f"SET TimeZone = '{_quote(timezone)}'")  # validated by settings (zoneinfo)
+        # GLOBAL: every cursor (the SQL endpoint opens one per query) is a new session.
+        con.execute(f"SET GLOBAL TimeZone = '{_quote(timezone)}'")  # validated by settings (zoneinfo)
         if not read_only:
             migrate(con)
         con.execute("SET lock_configuration = true")

@@ -113,3 +113,13 @@ def test_read_only_file_sandbox(tmp_path) -> None:
                 run_query(con, query)
     finally:
         con.close()
+
+
+def test_timezone_setting_applies_to_every_query(start_daemon) -> None:
+    """`spend_by_day` and ad-hoc SQL see days in the configured zone, not the cursor's default UTC."""
+    daemon = start_daemon(timezone="America/New_York")
+    with httpx.Client(base_url=daemon.url, headers={"Authorization": f"Bearer {daemon.token}"}) as c:
+        assert sql(c, "SELECT current_setting('TimeZone')") == [["America/New_York"]]
+        # 2026-01-02 03:00 UTC is still 2026-01-01 in New York.
+        assert post_events(c, [make_event(ts=1767322800.0)]).status_code == 200
+        assert sql(c, "SELECT CAST(day AS VARCHAR) FROM spend_by_day") == [["2026-01-01"]]
