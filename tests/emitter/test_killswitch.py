@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import threading
@@ -183,11 +184,18 @@ def _blocking_transport(httpx2, mode: dict):
     return Transport
 
 
+def _sdk_http(sdk_module):
+    """The HTTP library this SDK generation is built on: httpx2 (openai 3 / anthropic 2) or httpx."""
+    base = importlib.import_module(sdk_module.__name__ + "._base_client")
+    return getattr(base, "httpx2", None) or base.httpx
+
+
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 def test_sdk_does_not_retry_the_kill_switch_error(sdk, llm_server):
     import anthropic
-    import httpx2
     import openai
+
+    httpx2 = _sdk_http(openai if sdk == "openai" else anthropic)
 
     switch = KillSwitch(id="k", scope={"app": "test"}, reason="over budget", engaged_at=time.time())
     mode: dict = {}
