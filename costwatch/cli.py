@@ -193,6 +193,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from costwatch.daemon.server import serve
 
     settings = load_settings(args, rules=args.rules)
+    rules_dir = _rules_dir(settings.rules)
+    if rules_dir is not None:
+        from costwatch.daemon.rules import check_rules
+
+        errors = check_rules(rules_dir)
+        if errors:
+            raise CLIError("invalid rules, not starting:\n  " + "\n  ".join(errors), 2)
     try:
         serve(settings, default_services(settings), default_routes(), banner=_banner)
     except duckdb.IOException as exc:
@@ -344,7 +351,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if data.get("health"):
             print("health: degraded: " + "; ".join(data["health"]))
         engaged = data["killswitch"]["engaged"]
+        forecasts = client.request("GET", "/v1/budgets").get("budgets", [])
     else:
+        forecasts = []
         print(f"daemon: not running (nothing answered at {client.url})")
         try:
             con = _open_read_only(settings)
@@ -367,6 +376,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"month to date: ${data['spend_month_usd']:.4f} ({data['timezone']})"
     )
     print(f"unpriced events: {data['unpriced']}   without usage: {data['usage_missing']}")
+    for line in _forecast_lines(forecasts):
+        print(line)
     if not engaged:
         print("kill switches: none engaged")
     for ks in engaged:
@@ -424,6 +435,101 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_dir(configured: Path | None) -> Path | None:
+    """The configured rules directory, else ./alerts when present (as the daemon does)."""
+    if configured is not None:
+        return configured
+    return Path("alerts") if Path("alerts").is_dir() else None
+
+
+def _forecast_lines(forecasts: list[dict[str, Any]]) -> list[str]:
+    """One line per budget (and group): spent vs limit and the burn-rate projection."""
+    lines = []
+    for item in forecasts:
+        unit = "$" if item.get("unit", "usd") == "usd" else ""
+        for group in item.get("groups", []):
+            where = f" [{group['scope']}]" if group.get("scope") else ""
+            lines.append(
+                f"budget {item['rule']}{where}: {unit}{group['spent']:,.4f} of {unit}{item['limit']:,.2f}"
+                f" ({100 * group['used_ratio']:.0f}%); {group['summary']}"
+            )
+    return lines
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from costwatch.daemon.rules import RuleError, check_rules, load_rules
+
+    directory = _rules_dir(args.dir)
+    if directory is None:
+        raise CLIError("no rules directory: give one (costwatch rules check DIR) or create ./alerts", 2)
+    errors = check_rules(directory)
+    for line in errors:
+        print(line, file=sys.stderr)
+    if errors:
+        return 1
+    try:
+        count = len(load_rules(directory).rules)
+    except RuleError:  # pragma: no cover - check_rules said it was fine
+        return 1
+    print(f"{directory}: {count} rule(s) OK")
+    return 0
+
+
+def cmd_rules_reload(args: argparse.Namespace) -> int:
+    client = Client(load_settings(args))
+    result = client.request("POST", "/v1/rules/reload")
+    if result["errors"]:
+        for line in result["errors"]:
+            print(line, file=sys.stderr)
+        print("rules NOT reloaded; the daemon keeps running the previous rules", file=sys.stderr)
+        return 1
+    print(f"reloaded {result['rules']} rule(s)")
+    return 0
+
+
+def cmd_rules_backtest(args: argparse.Namespace) -> int:
+    import datetime as _dt
+
+    from costwatch.daemon.evaluate import backtest
+    from costwatch.daemon.rules import RuleError, load_rules
+
+    settings = load_settings(args)
+    directory = _rules_dir(args.dir)
+    if directory is None:
+        raise CLIError("no rules directory: give one (costwatch rules backtest DIR) or create ./alerts", 2)
+    since = parse_since(args.since)
+    step_s = parse_duration(args.step)
+    client = Client(settings)
+    if client.is_up():
+        body = {"dir": str(directory.resolve()), "since": since, "step_s": step_s}
+        print(client.request("POST", "/v1/rules/backtest", body, timeout=600)["report"])
+        return 0
+    try:
+        ruleset = load_rules(directory)
+    except RuleError as exc:
+        raise CLIError("invalid rules:\n  " + "\n  ".join(exc.errors), 2) from None
+    try:
+        con = _open_read_only(settings)
+    except _Locked:
+        raise CLIError(
+            f"{settings.db_path} is locked but the daemon does not answer at {client.url}"
+        ) from None
+    try:
+        utc = _dt.timezone.utc
+        report = backtest(
+            ruleset,
+            con.cursor,
+            _dt.datetime.fromtimestamp(since or 0, utc),
+            _dt.datetime.now(utc),
+            _dt.timedelta(seconds=step_s),
+            settings.timezone,
+        )
+    finally:
+        con.close()
+    print(report.format())
+    return 0
+
+
 # -- argument parsing -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="costwatch", description="LLM API cost monitoring sidecar.")
@@ -473,6 +579,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parquet", required=True, metavar="DIR")
     p.add_argument("--since", help="e.g. 30d or 2026-01-01 (default: everything)")
     p.set_defaults(func=cmd_export)
+
+    rules = sub.add_parser("rules", help="check, reload or backtest alert rules").add_subparsers(
+        dest="rules_command", required=True
+    )
+    p = rules.add_parser("check", help="validate rule files: each error with file, line and field")
+    p.add_argument("dir", nargs="?", type=Path, help="rules directory (default ./alerts)")
+    p.set_defaults(func=cmd_rules_check)
+    p = rules.add_parser("reload", help="make the running daemon reload its rules (old rules kept on error)")
+    common(p)
+    p.set_defaults(func=cmd_rules_reload)
+    p = rules.add_parser("backtest", help="replay rules over stored history: when each would have fired")
+    common(p)
+    p.add_argument("dir", nargs="?", type=Path, help="rules directory (default ./alerts)")
+    p.add_argument("--since", default="30d", help="e.g. 30d or 2026-01-01 (default 30d)")
+    p.add_argument("--step", default="15m", help="evaluation step, e.g. 5m (default 15m)")
+    p.set_defaults(func=cmd_rules_backtest)
     return parser
 
 

@@ -345,6 +345,53 @@ def build_app(
     async def index(request: Request) -> Response:
         return PlainTextResponse("costwatch daemon: see /healthz, /metrics and docs/api.md\n")
 
+    def rule_service() -> Any:
+        for service in getattr(daemon, "services", []):
+            if callable(getattr(service, "reload", None)) and callable(getattr(service, "forecasts", None)):
+                return service
+        raise HTTPError(404, "no rules engine runs in this daemon")
+
+    async def rules_get(request: Request) -> Response:
+        service = rule_service()
+        stats = await run_in_threadpool(service.stats)
+        forecasts = await run_in_threadpool(service.forecasts)
+        return json_response({"rules_dir": str(service.rules_dir or ""), **stats, "forecasts": forecasts})
+
+    async def rules_reload(request: Request) -> Response:
+        """Validate and swap the rules; on error the old rules keep running (and the reply says why)."""
+        service = rule_service()
+        errors = await run_in_threadpool(service.reload)
+        return json_response({"reloaded": not errors, "errors": errors, "rules": len(service.ruleset.rules)})
+
+    async def rules_backtest(request: Request) -> Response:
+        from datetime import datetime, timedelta, timezone
+
+        from costwatch.daemon.evaluate import backtest
+        from costwatch.daemon.rules import RuleError, load_rules
+
+        data = await json_body(request)
+        try:
+            since = datetime.fromtimestamp(float(data["since"]), timezone.utc)
+            until = datetime.fromtimestamp(float(data.get("until") or time.time()), timezone.utc)
+            step = timedelta(seconds=float(data.get("step_s") or 900))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise HTTPError(
+                400, "send {since: unix seconds, until?: unix seconds, step_s?: seconds}"
+            ) from None
+        directory = data.get("dir") or getattr(rule_service(), "rules_dir", None)
+        if not directory:
+            raise HTTPError(400, "no rules directory: send {dir: ...}")
+        try:
+            ruleset = load_rules(Path(directory))
+            report = await run_in_threadpool(
+                backtest, ruleset, store.con.cursor, since, until, step, settings.timezone
+            )
+        except RuleError as exc:
+            raise HTTPError(400, "; ".join(exc.errors)) from None
+        except ValueError as exc:
+            raise HTTPError(400, str(exc)) from None
+        return json_response({"report": report.format(), "summary": report.to_dict()})
+
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
@@ -357,5 +404,8 @@ def build_app(
         Route("/v1/status", endpoint(status, auth=True), methods=["GET"]),
         Route("/v1/admin/reprice", endpoint(reprice, auth=True), methods=["POST"]),
         Route("/v1/admin/export", endpoint(export, auth=True), methods=["POST"]),
+        Route("/v1/rules", endpoint(rules_get, auth=True), methods=["GET"]),
+        Route("/v1/rules/reload", endpoint(rules_reload, auth=True), methods=["POST"]),
+        Route("/v1/rules/backtest", endpoint(rules_backtest, auth=True), methods=["POST"]),
     ]
     return Starlette(routes=[*extra_routes, *routes], lifespan=lifespan)
