@@ -127,6 +127,16 @@ class Client:
         return data
 
 
+def _open_file_without_daemon(settings: Any, client: Client) -> Any:
+    """The DB file, read-only, for commands that found no daemon answering."""
+    try:
+        return _open_read_only(settings)
+    except _Locked:
+        raise CLIError(
+            f"{settings.db_path} is locked but the daemon does not answer at {client.url}"
+        ) from None
+
+
 def _open_read_only(settings: Any) -> Any:
     import duckdb
 
@@ -355,12 +365,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         forecasts = []
         print(f"daemon: not running (nothing answered at {client.url})")
-        try:
-            con = _open_read_only(settings)
-        except _Locked:
-            raise CLIError(
-                f"{settings.db_path} is locked but the daemon does not answer at {client.url}"
-            ) from None
+        con = _open_file_without_daemon(settings, client)
         try:
             data = store_mod.summary(con, settings.timezone)
             engaged = [
@@ -419,12 +424,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             "POST", "/v1/admin/export", {"dir": str(directory), "since": since}, timeout=600
         )
     else:
-        try:
-            con = _open_read_only(settings)
-        except _Locked:
-            raise CLIError(
-                f"{settings.db_path} is locked but the daemon does not answer at {client.url}"
-            ) from None
+        con = _open_file_without_daemon(settings, client)
         try:
             result = export_parquet(con, directory, since)
         except OSError as exc:
@@ -508,12 +508,7 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
         ruleset = load_rules(directory)
     except RuleError as exc:
         raise CLIError("invalid rules:\n  " + "\n  ".join(exc.errors), 2) from None
-    try:
-        con = _open_read_only(settings)
-    except _Locked:
-        raise CLIError(
-            f"{settings.db_path} is locked but the daemon does not answer at {client.url}"
-        ) from None
+    con = _open_file_without_daemon(settings, client)
     try:
         utc = _dt.timezone.utc
         report = backtest(
