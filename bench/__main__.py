@@ -1,0 +1,67 @@
+"""``python -m bench [--quick] [which…]``: run benchmark sections, then rewrite docs/benchmarks.md.
+
+Sections: overhead, callpath (the patch's own cost, a diagnostic for overhead),
+ingest, query, killswitch, spool (default: all, in that order); ``footprint``
+runs ingest and query, where the daemon's RSS is sampled. Each section's raw results go to ``bench/.results/NAME.json``;
+the report is rebuilt from every saved section, so a section can be rerun on
+its own. Footprint figures are taken during ingest and query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+
+from bench import common, report
+
+SECTIONS = ("overhead", "callpath", "ingest", "query", "killswitch", "spool")
+ALIASES = {"footprint": ("ingest", "query")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (a smoke run; figures are marked quick)"
+    )
+    parser.add_argument("--no-report", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("which", nargs="*", help=f"sections: {', '.join(SECTIONS)}, footprint (default all)")
+    args = parser.parse_args(argv)
+    chosen: list[str] = []
+    for name in args.which or SECTIONS:
+        for section in ALIASES.get(name, (name,)):
+            if section not in SECTIONS:
+                parser.error(f"unknown section {name!r}")
+            if section not in chosen:
+                chosen.append(section)
+    command = "python -m bench" + (" --quick" if args.quick else "") + "".join(f" {w}" for w in args.which)
+    failed = 0
+    for section in chosen:
+        started = time.time()
+        print(f"== {section}{' (quick)' if args.quick else ''}", flush=True)
+        try:
+            module = importlib.import_module(f"bench.{section}")
+            data = module.run(args.quick, log=lambda msg: print(msg, flush=True))
+        except Exception:
+            traceback.print_exc()
+            failed += 1
+            continue
+        data.update(
+            section=section,
+            command=command,
+            started_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+            elapsed_s=round(time.time() - started, 1),
+            machine=common.machine(),
+        )
+        common.save(section, data)
+        print(f"== {section} done in {data['elapsed_s']} s", flush=True)
+    if not args.no_report:
+        path = report.write()
+        print(f"wrote {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""2. Ingest (+ 5. daemon footprint under ingest): events/s through the HTTP API into DuckDB.
+
+Per round, interleaved: the raw DuckDB Arrow insert rate (the ceiling: a
+pre-built Arrow table inserted in 10k- and 2k-event batches, one commit each,
+into a fresh file) and the end-to-end rate through a real ``costwatch daemon``
+from ``procs`` emitting processes, either POSTing pre-encoded 2k-event
+batches (``raw``) or through real `Emitter`s. Rows are counted after every
+round (no loss = every acknowledged event is a row). The daemon's RSS is
+sampled idle and during ingest, its CPU time per event from /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import profiling
+from bench.common import ROOT, cpu_s, env_for_children, mmm, rss_mb, start_daemon, tempdir
+from bench.eventgen import make_events
+
+PROCS = 4
+BATCH = 2_000
+
+
+class RssSampler:
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(rss_mb(self.pid))
+            except OSError:
+                return
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def ceiling(tables: list[Any], workdir: Path, tag: str) -> float:
+    """Events/s of register + INSERT … SELECT + COMMIT per pre-built Arrow batch into a fresh file."""
+    from costwatch.daemon.store import ALL_COLUMNS, open_database
+
+    path = workdir / f"ceiling-{tag}.duckdb"
+    con = open_database(path)
+    cur = con.cursor()
+    n = sum(t.num_rows for t in tables)
+    cols = ", ".join(ALL_COLUMNS)
+    started = time.perf_counter()
+    for table in tables:
+        cur.execute("BEGIN")
+        cur.register("_b", table)
+        cur.execute(f"INSERT INTO usage_events ({cols}) SELECT * FROM _b")
+        cur.unregister("_b")
+        cur.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    rows = con.execute("SELECT count(*) FROM usage_events").fetchone()[0]
+    con.close()
+    for p in workdir.glob(f"ceiling-{tag}.duckdb*"):
+        p.unlink()
+    assert rows == n, (rows, n)
+    return n / elapsed
+
+
+def e2e(daemon: Any, mode: str, per_proc: int, t0: float, seed: int) -> dict[str, Any]:
+    specs = [
+        {"mode": mode, "url": daemon.url, "token": daemon.token, "events": per_proc, "batch": BATCH,
+         "t0": t0 + i * 0.0001, "seed": seed * 100 + i, "start_at": 0, "spacing_s": 0.0005 * PROCS}
+        for i in range(PROCS)
+    ]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "bench.ingest_worker", json.dumps(spec)], cwd=ROOT,
+                         env=env_for_children(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for spec in specs
+    ]  # fmt: skip
+    for p in procs:  # every worker has built and encoded its events
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("an ingest worker failed to start")
+    cpu0 = cpu_s(daemon.pid)
+    with RssSampler(daemon.pid) as rss:
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            out, _ = p.communicate(timeout=600)
+            lines = [line for line in out.splitlines() if line.startswith("{")]
+            if p.returncode or not lines:
+                raise RuntimeError(f"an ingest worker failed ({p.returncode})")
+            results.append(json.loads(lines[-1]))
+    cpu1 = cpu_s(daemon.pid)
+    first = min(r["t0"] for r in results)
+    last = max(r["t1"] for r in results)
+    sent = sum(r["sent"] for r in results)
+    acked = sum(r["accepted"] for r in results)
+    return {
+        "mode": mode, "events": sent, "acked": acked, "elapsed_s": last - first, "events_per_s": sent / (last - first),
+        "daemon_cpu_us_per_event": (cpu1 - cpu0) / sent * 1e6, "rss_peak_mb": max(rss.samples, default=0),
+        "rss_median_mb": sorted(rss.samples)[len(rss.samples) // 2] if rss.samples else 0,
+        "retries_503": sum(r.get("retries_503", 0) for r in results),
+        "post_ms_median": [r.get("post_ms_median") for r in results],
+    }  # fmt: skip
+
+
+def run(quick: bool, log: Any = print) -> dict[str, Any]:
+    from costwatch.daemon.store import events_to_arrow
+
+    rounds = 2 if quick else 3
+    per_proc = 25_000 if quick else 100_000
+    ceiling_events = 100_000 if quick else 500_000
+    log(f"ingest: building {ceiling_events:,} events for the ceiling")
+    events = make_events(ceiling_events, 1_760_000_000.0, 1)
+    tables = {
+        size: [events_to_arrow(events[i : i + size], [None] * len(events[i : i + size]), time.time())
+               for i in range(0, len(events), size)]
+        for size in (10_000, 2_000)
+    }  # fmt: skip
+    del events
+    out: dict[str, Any] = {"quick": quick, "rounds": rounds, "procs": PROCS, "batch": BATCH, "per_proc": per_proc,
+                           "ceiling_events": ceiling_events, "samples": []}  # fmt: skip
+    with tempdir("ingest") as tmp:
+        daemon = start_daemon(tmp / "state")
+        try:
+            time.sleep(2.0)
+            idle = [rss_mb(daemon.pid)]
+            for _ in range(10):
+                time.sleep(0.1)
+                idle.append(rss_mb(daemon.pid))
+            out["rss_idle_mb"] = mmm(idle)
+            expected = 0
+            t0 = time.time() - 30 * 86_400  # a month back, advancing each round
+            for r in range(rounds):
+                for kind in ("ceiling10k", "raw", "ceiling2k", "emitter"):
+                    if kind.startswith("ceiling"):
+                        size = 10_000 if kind == "ceiling10k" else 2_000
+                        rate = ceiling(tables[size], tmp, f"{r}-{size}")
+                        sample = {"round": r, "kind": kind, "events_per_s": rate}
+                    else:
+                        sample = e2e(daemon, kind, per_proc, t0, r * 10 + (kind == "emitter"))
+                        t0 += per_proc * PROCS * 0.0005 + 60
+                        expected += sample["events"]
+                        rows = daemon.request(
+                            "POST", "/v1/sql", {"sql": "SELECT count(*) FROM usage_events"}
+                        )["rows"][0][0]
+                        sample.update(
+                            round=r, kind=kind, rows_after=rows, rows_expected=expected, lost=expected - rows
+                        )
+                    out["samples"].append(sample)
+                    log(f"ingest r{r} {kind:10} {sample['events_per_s']:>12,.0f} events/s"
+                        + (f"  rows {sample['rows_after']:,}/{sample['rows_expected']:,}  rss peak {sample['rss_peak_mb']:.0f} MB"
+                           f"  daemon {sample['daemon_cpu_us_per_event']:.1f} µs CPU/event" if "rows_after" in sample else ""))  # fmt: skip
+            # one more raw round under py-spy (not counted): where the daemon's time goes
+            handle = profiling.start(daemon.pid, 6 if quick else 10)
+            if handle is not None:
+                time.sleep(0.5)
+                prof_sample = e2e(daemon, "raw", per_proc, t0, 999)
+                out["profile"] = profiling.finish(handle)
+                out["profile_rate"] = prof_sample["events_per_s"]
+            out["rows_final"] = daemon.request(
+                "POST", "/v1/sql", {"sql": "SELECT count(*) FROM usage_events"}
+            )["rows"][0][0]
+            out["db_bytes_running"] = sum(p.stat().st_size for p in (tmp / "state").glob("costwatch.duckdb*"))
+        finally:
+            daemon.stop()
+        out["db_bytes"] = sum(
+            p.stat().st_size for p in (tmp / "state").glob("costwatch.duckdb*")
+        )  # after checkpoint
+    s = out["samples"]
+    out["summary"] = {
+        kind: {
+            "events_per_s": mmm([x["events_per_s"] for x in s if x["kind"] == kind]),
+            **({"ratio_to_ceiling10k": mmm([x["events_per_s"] / c["events_per_s"] for x in s if x["kind"] == kind
+                                             for c in s if c["kind"] == "ceiling10k" and c["round"] == x["round"]]),
+                "daemon_cpu_us_per_event": mmm([x["daemon_cpu_us_per_event"] for x in s if x["kind"] == kind]),
+                "rss_peak_mb": mmm([x["rss_peak_mb"] for x in s if x["kind"] == kind]),
+                "lost": sum(x["lost"] for x in s if x["kind"] == kind),
+                "events": sum(x["events"] for x in s if x["kind"] == kind),
+                "retries_503": sum(x["retries_503"] for x in s if x["kind"] == kind)}
+               if not kind.startswith("ceiling") else {}),
+        }
+        for kind in ("ceiling10k", "ceiling2k", "raw", "emitter")
+    }  # fmt: skip
+    return out

@@ -1,0 +1,395 @@
+"""docs/benchmarks.md from the saved section results (bench/.results/*.json) plus hand-written notes.
+
+Notes that interpret figures (profiles, recommendations) live in
+``bench/notes.md``; they are copied under the generated tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, fmt_mmm, load
+
+DOC = ROOT / "docs" / "benchmarks.md"
+NOTES = Path(__file__).resolve().parent / "notes.md"
+
+
+def verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _quick(data: dict[str, Any]) -> str:
+    return " (`--quick` run)" if data.get("quick") else ""
+
+
+def _header(data: dict[str, Any]) -> str:
+    return (
+        f"_Run {data.get('started_utc', '?')} UTC{_quick(data)}, `{data.get('command', '?')}`,"
+        f" {data.get('elapsed_s', '?')} s; load average at start {data.get('machine', {}).get('loadavg_at_start')}._\n"
+    )
+
+
+# -- 1. overhead -------------------------------------------------------------------------
+def overhead(data: dict[str, Any]) -> str:
+    s = data["summary"]
+    out = ["## 1. Instrumentation overhead\n", _header(data)]
+    out.append(
+        f"Real `openai` SDK (chat completions), one call at a time, against `bench/fastserver.py` (raw asyncio,"
+        " canned body, own process); streaming calls pass `stream_options.include_usage` and read every chunk."
+        f" Each (environment, mode, variant) is one fresh process ({data['warmup']} warm-up calls); the"
+        f" processes of an (environment, mode) take turns timing blocks of {data['calls_per_block']:,} calls"
+        f" ({data['blocks']} blocks each, order rotated every block), so load changes hit every variant alike."
+        " A block's wall and CPU time include the instrumentation's own flush at its end, and CPU time counts"
+        " every thread of the process (costwatch's emitter thread, the peers' exporter threads)."
+        " Ratio and added µs are per block against the same block's uninstrumented baseline of the same"
+        " environment; cells show median (min – max) over blocks. Costwatch's emitter sends to"
+        " `tests/fakes/sink.py --count-only` (own process); peers export to null exporters.\n"
+    )
+    out.append(
+        "| env (openai) | mode | variant | calls | wall µs/call | median µs/call | wall ratio (target ≤ 1.02) |"
+        " median added µs (target ≤ 10) | process CPU ratio | emitter CPU ms / 1k events |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    order = {"none": 0, "costwatch": 1, "otel": 2, "openlit": 2}
+    modes = {"sync": 0, "async": 1, "stream": 2}
+    keys = sorted(s, key=lambda k: (k.split("/")[0], modes[k.split("/")[1]], order[k.split("/")[2]]))
+    for key in keys:
+        e = s[key]
+        env, mode, variant = key.split("/")
+        ratio = e.get("wall_ratio")
+        added = e.get("added_median_us")
+        rv = (
+            f"{fmt_mmm(ratio, 3)} {verdict(ratio['median'] <= 1.02)}"
+            if variant == "costwatch" and ratio
+            else fmt_mmm(ratio, 3)
+        )
+        av = (
+            f"{fmt_mmm(added, 1)} {verdict(added['median'] <= 10)}"
+            if variant == "costwatch" and added
+            else fmt_mmm(added, 1)
+        )
+        out.append(
+            f"| {env} ({e['openai']}) | {mode} | {variant} | {e['calls']:,} | {fmt_mmm(e['per_call_us'])} |"
+            f" {fmt_mmm(e['median_call_us'])} | {rv} | {av} | {fmt_mmm(e.get('cpu_ratio'), 3)} |"
+            f" {fmt_mmm(e.get('emitter_cpu_ms_per_1k'), 1)} |"
+        )
+    out.append("")
+    # lower than both peers?
+    lines = []
+    for mode in ("sync", "async", "stream"):
+        for env, peer in (("main", "otel"), ("old", "openlit")):
+            mine, theirs = s.get(f"{env}/{mode}/costwatch"), s.get(f"{env}/{mode}/{peer}")
+            if not mine or not theirs or "wall_ratio" not in mine or "wall_ratio" not in theirs:
+                continue
+            cells = []
+            for key, digits in (("wall_ratio", 3), ("added_median_us", 1), ("cpu_ratio", 3)):
+                a, b = mine[key]["median"], theirs[key]["median"]
+                cells.append(f"{a:.{digits}f} vs {b:.{digits}f} {verdict(a < b)}")
+            lines.append(f"| {mode} | {peer} ({env}) | " + " | ".join(cells) + " |")
+    if lines:
+        out.append(
+            "Lower than both peers? Costwatch vs the peer in the same environment, medians over blocks:\n"
+        )
+        out.append("| mode | peer (env) | wall ratio | median added µs | process CPU ratio |")
+        out.append("| --- | --- | --- | --- | --- |")
+        out += lines
+        out.append("")
+    delivered = [(k, e["delivered"], e["submitted"], e["dropped"]) for k, e in s.items() if "delivered" in e]
+    if delivered:
+        out.append(
+            "Delivery check (costwatch → count-only sink, warm-up included): "
+            + "; ".join(f"{k}: {d:,}/{sub:,} delivered, {dr} dropped" for k, d, sub, dr in delivered)
+            + ".\n"
+        )
+    spans = [(k, e["spans_exported"]) for k, e in s.items() if "spans_exported" in e]
+    if spans:
+        out.append(
+            "Peers were active (spans reaching their null exporter): "
+            + "; ".join(f"{k}: {n:,}" for k, n in spans)
+            + ".\n"
+        )
+    return "\n".join(out)
+
+
+def _profile(prof: dict[str, Any] | None, title: str) -> list[str]:
+    if not prof or not prof.get("samples"):
+        return []
+    out = [f"<details><summary>{title} (py-spy, {prof['samples']:,} non-idle samples)</summary>\n"]
+    out.append("| threads | share |\n| --- | ---: |")
+    out += [f"| {k} | {v}% |" for k, v in prof["threads"]]
+    out.append("\n| self time (function, line) | share |\n| --- | ---: |")
+    out += [f"| `{k}` | {v}% |" for k, v in prof["self"]]
+    out.append("\n| inclusive | share |\n| --- | ---: |")
+    out += [
+        f"| `{k}` | {v}% |"
+        for k, v in prof["inclusive"]
+        if not k.startswith(
+            (
+                "thread",
+                "process",
+                "Thread.",
+                "_run_module",
+                "_run_code",
+                "<module>",
+                "main (",
+                "BaseEventLoop.run_forever",
+            )
+        )
+    ]
+    out.append("\n</details>\n")
+    return out
+
+
+# -- 2. ingest -----------------------------------------------------------------------------
+def ingest(data: dict[str, Any]) -> str:
+    s = data["summary"]
+    out = ["## 2. Ingest\n", _header(data)]
+    out.append(
+        f"A real `costwatch daemon` (fresh DuckDB file) fed by {data['procs']} emitting processes at once, each"
+        f" sending {data['per_proc']:,} events per round: `raw` = pre-encoded POSTs of {data['batch']:,}-event"
+        " batches over one keep-alive connection per process (one request in flight each; a 503 is retried);"
+        f" `emitter` = a real `Emitter` per process (`batch_max_events={data['batch']}`), all events submitted,"
+        " then `flush()`. Events are built before the clock starts. Rate = events / (first send → last"
+        " acknowledgement). The ceiling is DuckDB alone in the bench process: pre-built Arrow tables"
+        f" ({data['ceiling_events']:,} events) inserted with `register` + `INSERT … SELECT` + `COMMIT` per"
+        f" batch into a fresh file, interleaved with the end-to-end runs in each of {data['rounds']} rounds."
+        " Rows are counted through `/v1/sql` after every run.\n"
+    )
+    out.append(
+        "| path | events/s | ratio to the 10k-batch ceiling (same round) | target | daemon CPU µs/event | daemon RSS peak MB | events | lost |"
+    )
+    out.append("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for kind in ("ceiling10k", "ceiling2k", "raw", "emitter"):
+        e = s[kind]
+        label = {
+            "ceiling10k": "DuckDB Arrow insert alone, 10k batches",
+            "ceiling2k": "DuckDB Arrow insert alone, 2k batches",
+            "raw": "HTTP API, raw 2k-event POSTs",
+            "emitter": "HTTP API, real Emitters",
+        }[kind]
+        if kind.startswith("ceiling"):
+            out.append(f"| {label} | {fmt_mmm(e['events_per_s'], 0)} | — | ceiling | — | — | — | — |")
+        else:
+            ok = e["events_per_s"]["median"] >= 250_000 and e["lost"] == 0
+            out.append(
+                f"| {label} | {fmt_mmm(e['events_per_s'], 0)} | {fmt_mmm(e['ratio_to_ceiling10k'], 3)} |"
+                f" ≥ 250,000/s, no loss: {verdict(ok)} | {fmt_mmm(e['daemon_cpu_us_per_event'], 1)} |"
+                f" {fmt_mmm(e['rss_peak_mb'], 0)} | {e['events']:,} | {e['lost']} |"
+            )
+    out.append("")
+    if data.get("db_bytes") and data.get("rows_final"):
+        out.append(
+            f"DuckDB file written by the daemon: {data['db_bytes'] / 1e6:.0f} MB for {data['rows_final']:,} rows after"
+            f" the checkpoint on shutdown = **{data['db_bytes'] / data['rows_final']:.0f} MB per million events**"
+            f" ({data.get('db_bytes_running', 0) / 1e6:.0f} MB incl. WAL while running).\n"
+        )
+    out += _profile(
+        data.get("profile"),
+        f"Where the daemon's time goes during raw ingest (extra run, {data.get('profile_rate', 0):,.0f} events/s under the profiler)",
+    )
+    return "\n".join(out)
+
+
+# -- 3. query ------------------------------------------------------------------------------
+def query(data: dict[str, Any]) -> str:
+    out = ["## 3. Query\n", _header(data)]
+    out.append(
+        "Rows generated by DuckDB SQL into a file created with the real schema (`schema.MIGRATIONS`),"
+        " time-ordered over the last 60 days, 8 models, 1,000 users; checkpointed. Per size, in each of"
+        f" {data['rounds']} rounds: raw DuckDB in the bench process (read-only, 2 threads, 1 GB), then a real"
+        f" daemon on the file (the lock forbids both at once): {data['reps']} timed repetitions of each query"
+        " after one warm-up; `in daemon` = the `elapsed_ms` `/v1/sql` reports (cursor, read-only transaction,"
+        " execute, fetch), `HTTP` = the bench's round trip, `CLI` = wall time of a `costwatch sql --format json`"
+        f" process ({data['cli_reps']} per round). Target ≤ 50 ms at 10M for the spend queries through `costwatch sql`"
+        " (judged on the in-daemon latency; the CLI wall is dominated by process start-up).\n"
+    )
+    out.append(
+        "| rows | query | raw DuckDB ms | in daemon ms | daemon / raw | HTTP round trip ms | CLI wall ms | target ≤ 50 ms (10M, spend) |"
+    )
+    out.append("| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    from bench.query import SPEND_QUERIES, TARGET_MS
+
+    sizes = sorted(data["by_size"], key=int)
+    for n in sizes:
+        e = data["by_size"][n]
+        for q in e["raw_ms"]:
+            target = "—"
+            if int(n) >= 10_000_000 and q in SPEND_QUERIES:
+                target = verdict(e["in_daemon_ms"][q]["median"] <= TARGET_MS)
+            elif int(n) >= 10_000_000:
+                target = "(not a spend query) " + verdict(e["in_daemon_ms"][q]["median"] <= TARGET_MS)
+            out.append(
+                f"| {int(n):,} | {q} | {fmt_mmm(e['raw_ms'][q])} | {fmt_mmm(e['in_daemon_ms'][q])} |"
+                f" {e['daemon_over_raw'][q]:.2f} | {fmt_mmm(e['http_ms'][q])} | {fmt_mmm(e['cli_ms'][q], 0)} | {target} |"
+            )
+    out.append("")
+    out.append("| rows | generated in s | file MB | MB per million events |\n| ---: | ---: | ---: | ---: |")
+    for n in sizes:
+        e = data["by_size"][n]
+        out.append(
+            f"| {int(n):,} | {e['generate_s']:.1f} | {e['file_bytes'] / 1e6:.0f} | {e['mb_per_million'] * 1e6 / 1e6:.1f} |"
+        )
+    out.append("\nQueries:\n")
+    for q, sql in data["queries"].items():
+        out.append(f"- `{q}`: `{sql}`")
+    out.append("")
+    return "\n".join(out)
+
+
+# -- 4. kill switch --------------------------------------------------------------------------
+def killswitch(data: dict[str, Any]) -> str:
+    s = data["summary"]
+    out = ["## 4. Kill-switch propagation\n", _header(data)]
+    out.append(
+        f"{data['procs']} instrumented processes (`import costwatch.autoinstrument`, default settings) each call"
+        f" the fast server with the real openai SDK every {data['pace_s'] * 1000:.0f} ms; once all have the"
+        " daemon's kill-switch state, `costwatch kill --reason bench` runs; each process records the wall time"
+        f" of its first `KillSwitchEngaged`. {data['rounds']} rounds ({data['rounds'] * data['procs']} samples),"
+        " `costwatch resume --all` between rounds.\n"
+    )
+    fe, fs = s["from_engage_ms"], s["from_cli_start_ms"]
+    out.append(
+        "| measured from | min | median | p99 | max | target p99 ≤ 500 ms |\n| --- | ---: | ---: | ---: | ---: | --- |"
+    )
+    out.append(
+        f"| the daemon engaging the switch (`engaged_at`) | {fe['min']:.0f} | {fe['median']:.0f} | {fe['p99']:.0f} | {fe['max']:.0f} | {verdict(fe['p99'] <= 500)} |"
+    )
+    out.append(
+        f"| `costwatch kill` starting (CLI start-up included) | {fs['min']:.0f} | {fs['median']:.0f} | {fs['p99']:.0f} | {fs['max']:.0f} | {verdict(fs['p99'] <= 500)} |"
+    )
+    out.append("")
+    out.append(
+        f"`costwatch kill` itself: {fmt_mmm(s['cli_to_engage_ms'], 0)} ms from its start to the daemon's"
+        f" `engaged_at`, {fmt_mmm(s['cli_ms'], 0)} ms until it exits. Processes never blocked: {s['not_blocked']}.\n"
+    )
+    return "\n".join(out)
+
+
+# -- 5. footprint --------------------------------------------------------------------------
+def footprint() -> str:
+    ing, qry = load("ingest"), load("query")
+    out = ["## 5. Daemon footprint (RSS)\n"]
+    if not ing and not qry:
+        return "\n".join([*out, "_Not measured yet._\n"])
+    out.append(
+        "Sampled from `/proc/<pid>/status` (VmRSS) of the `costwatch daemon` process: idle = 2 s after start on an empty file; under ingest = every 0.1 s during the ingest runs (section 2); with stored rows = the daemon started on the query files (section 3), idle and after the query runs. Target ≤ 200 MB.\n"
+    )
+    out.append("| state | RSS MB | target ≤ 200 MB | run |\n| --- | ---: | --- | --- |")
+    if ing:
+        idle = ing["rss_idle_mb"]
+        out.append(
+            f"| idle, empty database | {fmt_mmm(idle, 0)} | {verdict(idle['median'] <= 200)} | ingest{_quick(ing)} |"
+        )
+        for kind in ("raw", "emitter"):
+            e = ing["summary"][kind]["rss_peak_mb"]
+            out.append(
+                f"| peak under ingest ({kind}) | {fmt_mmm(e, 0)} | {verdict(e['max'] <= 200)} | ingest{_quick(ing)} |"
+            )
+    if qry:
+        for n, e in sorted(qry["by_size"].items(), key=lambda kv: int(kv[0])):
+            out.append(
+                f"| {int(n):,} rows stored, idle | {fmt_mmm(e['rss_idle_mb'], 0)} | {verdict(e['rss_idle_mb']['median'] <= 200)} | query{_quick(qry)} |"
+            )
+            out.append(
+                f"| {int(n):,} rows stored, after the queries | {fmt_mmm(e['rss_after_queries_mb'], 0)} | {verdict(e['rss_after_queries_mb']['max'] <= 200)} | query{_quick(qry)} |"
+            )
+    out.append("")
+    return "\n".join(out)
+
+
+# -- 6. spool --------------------------------------------------------------------------------
+def spool(data: dict[str, Any]) -> str:
+    s = data["summary"]
+    out = ["## 6. Spool replay after a daemon outage\n", _header(data)]
+    out.append(
+        f"A process spools {data['events']:,} events with `costwatch.instrumentation.spool.Spool` (2k-event"
+        " appends, as the emitter does while the daemon is down) and exits; a daemon starts; a fresh process"
+        " starts an `Emitter` (default settings except `spool_max_bytes` = 2 GiB, so everything fits) that takes"
+        " the orphaned segments over and replays them. Drain time = emitter start → spool directory empty;"
+        f" rows counted after. {data['rounds']} rounds.\n"
+    )
+    out.append(
+        "| events | drain time s | events/s | lost | spool MB per million | emitter CPU ms / 1k events |\n| ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    out.append(
+        f"| {data['events']:,} | {fmt_mmm(s['drain_s'], 1)} | {fmt_mmm(s['events_per_s'], 0)} | {s['lost']} |"
+        f" {fmt_mmm({k: (v * 1e6 / 1e6 if k != 'n' else v) for k, v in s['spool_mb_per_million'].items()}, 0)} |"
+        f" {fmt_mmm(s['emitter_cpu_ms_per_1k'], 1)} |"
+    )
+    out.append("")
+    return "\n".join(out)
+
+
+def callpath(data: dict[str, Any]) -> str:
+    out = ["### 1b. Where the added time is: the call path alone\n", _header(data)]
+    out.append(
+        "Diagnostic (`bench/callpath.py`): one process per mode alternates blocks of"
+        f" {data['k']} calls with costwatch's `send` patch installed (its emitter replaced by one that discards"
+        " records: no emitter thread) and removed (`uninstrument()`), "
+        f"{data['blocks']} blocks each. The difference is what the app's thread pays inside `send`.\n"
+    )
+    out.append(
+        "| mode | calls per variant | median added µs per call (target ≤ 10) | wall ratio |\n| --- | ---: | ---: | ---: |"
+    )
+    for mode, e in data["summary"].items():
+        out.append(
+            f"| {mode} | {e['calls']:,} | {fmt_mmm(e['added_median_us'], 1)} {verdict(e['added_median_us']['median'] <= 10)} |"
+            f" {fmt_mmm(e['wall_ratio'], 3)} |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+SECTION_WRITERS = {
+    "overhead": overhead,
+    "callpath": callpath,
+    "ingest": ingest,
+    "query": query,
+    "killswitch": killswitch,
+    "spool": spool,
+}
+
+
+def write() -> Path:
+    parts = ["# Benchmarks\n"]
+    parts.append(
+        "Generated by `python -m bench` (see `bench/__main__.py`); every figure below was measured by that"
+        " command on the machine described, figures from `--quick` runs are marked. Cells are"
+        " **median (min – max)** over repeated runs. The machine has 2 cores shared with other work, so"
+        " ratios measured in the same run are the figures to trust; absolute times are context.\n"
+    )
+    parts.append(
+        "Reproduce: `python -m bench` (or `./dev bench`) runs every section and rewrites this page;"
+        " `python -m bench [--quick] overhead callpath ingest query killswitch spool footprint` runs a"
+        " subset (the page keeps the other sections' last results, each stamped with its own command and"
+        " time). The first run builds the peer environments under `bench/.venvs/` with pip (exact pins,"
+        " needs PyPI). Raw results: `bench/.results/*.json`.\n"
+    )
+    machine = None
+    sections = []
+    for name, writer in SECTION_WRITERS.items():
+        data = load(name)
+        if data is None:
+            sections.append(f"## {name}\n\n_Not measured yet._\n")
+            continue
+        machine = machine or data.get("machine")
+        try:
+            sections.append(writer(data))
+        except Exception as exc:  # a report bug must not lose the others
+            sections.append(f"## {name}\n\n_Could not render: {exc!r}_\n")
+    if machine:
+        pk = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+        parts.append(
+            f"## Machine\n\n- {machine['nproc']} × {machine['cpu']}, {machine['memory']} RAM, Linux {machine['kernel']}\n"
+            f"- Python {machine['python']}; {pk}\n"
+            "- Peers: `opentelemetry-instrumentation-openai-v2` 2.4b0 + `opentelemetry-util-genai` 1.1b0"
+            " (env `main`, bench/.venvs/otel), `openlit` 1.45.0 with openai 2.54.0 / anthropic 0.125.0"
+            " (env `old`, bench/.venvs/old); both built by `bench/venvs.py` with exact pins.\n"
+        )
+    sections.insert(5, footprint())
+    parts += sections
+    if NOTES.exists():
+        parts.append(NOTES.read_text())
+    DOC.write_text("\n".join(parts))
+    return DOC
