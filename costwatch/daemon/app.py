@@ -67,7 +67,7 @@ def _item_error(index: int, raw: bytes, exc: Exception) -> dict[str, Any]:
         obj = _any_decoder.decode(raw)
         if isinstance(obj, dict) and isinstance(obj.get("id"), str):
             event_id = obj["id"]
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         pass
     return {"index": index, "id": event_id, "error": str(exc)}
 
@@ -92,19 +92,19 @@ def decode_batch(
         events = _list_decoder.decode(body)
         if all(e.ts_end >= e.ts_start for e in events):
             return events, []
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         pass
     if items is None:
         try:
             items = [bytes(r) for r in _raw_list_decoder.decode(body)]
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"the body is not a JSON array of events (nor NDJSON): {exc}") from None
     good: list[ev.UsageEvent] = []
     rejected: list[dict[str, Any]] = []
     for index, raw in enumerate(items):
         try:
             good.append(ev.decode(raw))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8
             rejected.append(_item_error(index, raw, exc))
     return good, rejected
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import uvicorn
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from costwatch.daemon.app import build_app
 from costwatch.daemon.killswitch import KillSwitchRegistry
@@ -82,6 +84,7 @@ class Daemon:
             on_commit=self.metrics.observe_commit,
         )
         try:
+            self.metrics.registry.register(_StoreHealth(self.store))
             rows = self.store.read(KillSwitchRegistry.load)
             self.killswitches = KillSwitchRegistry(self.store.call, rows)
             self.services: list[BackgroundService] = [
@@ -116,6 +119,21 @@ class Daemon:
             except Exception:
                 log.exception("shutting down %r failed", service)
         self.store.close()
+
+
+class _StoreHealth(Collector):
+    """`costwatch_store_healthy` at scrape time: 0 while /healthz reports the store degraded."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "costwatch_store_healthy",
+            "1 while the store is healthy, 0 while /healthz reports it degraded (disk full, unwritable, failed commit).",
+        )
+        family.add_metric([], 0.0 if self._store.health() else 1.0)
+        yield family
 
 
 def is_loopback(host: str) -> bool:

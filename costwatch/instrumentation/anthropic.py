@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from costwatch.instrumentation.providers import StreamFacts, Usage, as_int
+from costwatch.instrumentation.providers import MAX_TOKENS, StreamFacts, Usage, as_int
 from costwatch.instrumentation.sse import SSEvent
 
 
@@ -26,6 +26,8 @@ def normalize_usage(usage: Any) -> Usage | None:
     details = usage.get("output_tokens_details")
     thinking = as_int(details.get("thinking_tokens")) if isinstance(details, dict) else None
     total_in = None if base is None else base + (read or 0) + (write or 0)
+    if total_in is not None and total_in > MAX_TOKENS:
+        total_in = None
     return Usage(total_in, as_int(usage.get("output_tokens")), read, write, thinking)
 
 

@@ -96,8 +96,11 @@ class StreamFacts(NamedTuple):
     terminal: bool  # the provider's end-of-stream event was seen
 
 
+MAX_TOKENS = 10**12  # the event schema's bound: a bigger count would make the whole event invalid
+
+
 def as_int(value: object) -> int | None:
-    """Token counts from JSON: ints only (bools and junk are 'unknown', not 0)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """Token counts from JSON: ints only (bools, junk and absurd sizes are 'unknown', not 0)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
         return value
     return None
