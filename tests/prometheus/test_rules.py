@@ -27,6 +27,7 @@ ALERTS = {
     "CostwatchNotIngesting",
     "CostwatchRuleEngineFailing",
     "CostwatchNotificationsFailing",
+    "CostwatchClientEventsDropped",
 }
 
 
