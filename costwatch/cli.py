@@ -181,14 +181,17 @@ def default_services(settings: Any) -> list[Any]:
         service.install_sighup()  # `kill -HUP` reloads the rules (we are on the main thread here)
         return service
 
-    return [rules]
+    from costwatch.daemon.leases import LeaseService
+
+    return [rules, LeaseService.for_daemon]
 
 
 def default_routes() -> Any:
-    """Extra routes placed before the API's: the spend page at ``/``."""
+    """Extra routes placed before the API's: hard-limit leases, the spend page at ``/``."""
+    from costwatch.daemon.leases import lease_routes
     from costwatch.daemon.web import web_routes
 
-    return web_routes
+    return lambda daemon: [*lease_routes(daemon), *web_routes(daemon)]
 
 
 def _banner(daemon: Any, port: int) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "Channel",
     "DataQualityRule",
     "ForecastRule",
+    "RateLimitRule",
     "Rule",
     "RuleError",
     "RuleSet",
@@ -163,6 +164,16 @@ class BudgetRule(_RuleBase):
     timezone: str | None = None
     thresholds: list[Threshold] = Field(default_factory=lambda: [Threshold(at="100%")], min_length=1)
     lift_on_rollover: bool = True
+    # Hard budgets are enforced in the apps before a call leaves (see docs/limits.md).
+    hard: bool = False
+    lease_ttl: str = "10s"  # a crashed process's slice returns to the pool after this long
+    default_max_tokens: int = Field(default=4096, ge=1)  # worst-case output when a request sets none
+    reserve: bool = True  # false: admit while the lease is not used up (comparison runs only)
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _check_ttl(cls, value: Any) -> str:
+        return _lease_ttl(value)
 
     @field_validator("window")
     @classmethod
@@ -288,9 +299,51 @@ class DataQualityRule(_RuleBase):
         return _duration_field(value)
 
 
+class RateLimitRule(_RuleBase):
+    """Requests and/or tokens per window (default one minute), enforced in the apps via leases.
+
+    Not evaluated by the alert engine: `load_rules` puts these in `RuleSet.rate_limits`.
+    """
+
+    kind: Literal["rate_limit"]
+    requests: int | None = Field(default=None, gt=0)  # per window: 20 with window 1m = 20 RPM
+    tokens: int | None = Field(default=None, gt=0)  # per window, input estimate + max output tokens
+    window: str = "1m"
+    on_exceed: Literal["block", "wait"] = "block"
+    max_wait: str = "10s"  # on_exceed: wait sleeps at most this long, then blocks
+    default_max_tokens: int = Field(default=4096, ge=1)
+    lease_ttl: str = "10s"
+
+    @field_validator("window", "max_wait")
+    @classmethod
+    def _check_durations(cls, value: Any) -> str | None:
+        return _duration_field(value)
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _check_ttl(cls, value: Any) -> str:
+        return _lease_ttl(value)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RateLimitRule:
+        if self.requests is None and self.tokens is None:
+            raise ValueError("set requests and/or tokens (per window)")
+        if self.notify:
+            raise ValueError("rate limits do not notify: refused calls are recorded as blocked events")
+        return self
+
+
+def _lease_ttl(value: Any) -> str:
+    seconds = parse_duration(str(value)).total_seconds()
+    if not 0.2 <= seconds <= 3600:
+        raise ValueError(f"{value!r}: a lease TTL must be between 0.2s and 1h")
+    return str(value)
+
+
 AnyRule = Union[BudgetRule, ThresholdRule, ForecastRule, DataQualityRule]  # noqa: UP007 (py3.10 runtime alias)
-Rule = Annotated[AnyRule, Field(discriminator="kind")]
-RULE_KINDS = ("budget", "threshold", "forecast", "data_quality")
+_FileRule = Union[BudgetRule, ThresholdRule, ForecastRule, DataQualityRule, RateLimitRule]  # noqa: UP007
+Rule = Annotated[_FileRule, Field(discriminator="kind")]
+RULE_KINDS = ("budget", "threshold", "forecast", "data_quality", "rate_limit")
 
 
 class RulesFile(_Model):
@@ -308,9 +361,15 @@ class RuleSet:
     rules: list[AnyRule] = field(default_factory=list)
     channels: dict[str, Channel] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # rule name -> "file:line"
+    # Enforced by the apps through leases (costwatch.daemon.leases), not by the alert engine.
+    rate_limits: list[RateLimitRule] = field(default_factory=list)
 
     def get(self, name: str) -> AnyRule | None:
         return next((r for r in self.rules if r.name == name), None)
+
+    @property
+    def hard_budgets(self) -> list[BudgetRule]:
+        return [r for r in self.rules if isinstance(r, BudgetRule) and r.hard and not r.dry_run]
 
 
 class RuleError(Exception):
@@ -365,7 +424,7 @@ class _Collector:
 
     def __init__(self) -> None:
         self.ruleset = RuleSet()
-        self.origins: list[tuple[str, yaml.Node, int, AnyRule]] = []  # (file, root node, index, rule)
+        self.origins: list[tuple[str, yaml.Node, int, _FileRule]] = []  # (file, root node, index, rule)
 
     def add(self, path: Path, model: RulesFile, root: yaml.Node, errors: list[str]) -> None:
         for index, rule in enumerate(model.rules):
@@ -378,7 +437,10 @@ class _Collector:
                 )
                 continue
             self.ruleset.sources[rule.name] = f"{path}:{line}"
-            self.ruleset.rules.append(rule)
+            if isinstance(rule, RateLimitRule):
+                self.ruleset.rate_limits.append(rule)
+            else:
+                self.ruleset.rules.append(rule)
             self.origins.append((str(path), root, index, rule))
         for cname, channel in model.channels.items():
             if cname in self.ruleset.channels:

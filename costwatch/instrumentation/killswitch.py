@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from costwatch.errors import CallBlocked, KillSwitchEngaged
 from costwatch.protocol import KillSwitch, KillSwitchState
 
-__all__ = ["FAIL_CLOSED_ID", "KillSwitchView", "blocked_error"]
+__all__ = ["FAIL_CLOSED_ID", "KillSwitchView", "blocked_error", "sdk_error"]
 
 # The id of the synthetic switch returned while failing closed.
 FAIL_CLOSED_ID = "fail-closed"
@@ -108,7 +108,7 @@ def _fail_closed_switch(since_wall: float, url: str) -> KillSwitch:
 
 # -- the exception -----------------------------------------------------------------------
 
-_class_cache: dict[tuple[type, ...], type[KillSwitchEngaged]] = {}
+_class_cache: dict[tuple[type, tuple[type, ...]], type[CallBlocked]] = {}
 _class_lock = threading.Lock()
 
 
@@ -132,26 +132,34 @@ def _sdk_bases() -> tuple[type, ...]:
     return tuple(bases)
 
 
-def _blocked_class() -> type[KillSwitchEngaged]:
-    """One class per set of loaded SDKs, so the SDK retry loops re-raise it untouched."""
+def _blocked_class(base: type[CallBlocked] = KillSwitchEngaged) -> type[CallBlocked]:
+    """One class per (costwatch error, set of loaded SDKs), so the SDK retry loops re-raise it untouched."""
     bases = _sdk_bases()
-    cls = _class_cache.get(bases)
+    key = (base, bases)
+    cls = _class_cache.get(key)
     if cls is None:
         with _class_lock:
-            cls = _class_cache.get(bases)
+            cls = _class_cache.get(key)
             if cls is None:
-                cls = KillSwitchEngaged if not bases else _make_class(bases)
-                _class_cache[bases] = cls
+                cls = base if not bases else _make_class(base, bases)
+                _class_cache[key] = cls
     return cls
 
 
-def _make_class(bases: tuple[type, ...]) -> type[KillSwitchEngaged]:
+def _make_class(base: type[CallBlocked], bases: tuple[type, ...]) -> type[CallBlocked]:
     namespace = {
         "__module__": "costwatch.errors",
-        "__qualname__": "KillSwitchEngaged",
-        "__doc__": KillSwitchEngaged.__doc__,
+        "__qualname__": base.__qualname__,
+        "__doc__": base.__doc__,
     }
-    return type("KillSwitchEngaged", (KillSwitchEngaged, *bases), namespace)  # type: ignore[return-value]
+    return type(base.__name__, (base, *bases), namespace)
+
+
+def sdk_error(
+    base: type[CallBlocked], message: str, *, scope: dict[str, str] | None = None, reason: str = ""
+) -> CallBlocked:
+    """An instance of ``base`` that also derives from the loaded SDKs' base errors (see FINDINGS)."""
+    return _blocked_class(base)(message, scope=scope, reason=reason)
 
 
 def _when(epoch: float) -> str:
@@ -185,6 +193,8 @@ def describe_block(switch: KillSwitch) -> str:
 
 def blocked_error(switch: KillSwitch) -> CallBlocked:
     """The exception to raise inside the SDK's ``send`` before any I/O (see FINDINGS)."""
-    error = _blocked_class()(describe_block(switch), scope=dict(switch.scope), reason=switch.reason)
+    error = sdk_error(
+        KillSwitchEngaged, describe_block(switch), scope=dict(switch.scope), reason=switch.reason
+    )
     error.switch = switch  # type: ignore[attr-defined]
     return error

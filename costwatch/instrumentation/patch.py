@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from costwatch.context import current_attribution
-from costwatch.instrumentation import spans
+from costwatch.instrumentation import limits, spans
 from costwatch.instrumentation.killswitch import blocked_error
 from costwatch.instrumentation.providers import AZURE_OPENAI, CHAT, Endpoint, azure_deployment, recognize
 from costwatch.instrumentation.record import CallId, CallRecord, guard
@@ -64,6 +64,7 @@ class State:
 
 _state: State | None = None
 _originals: dict[tuple[type, str], Any] = {}
+_limiter: limits.Limiter | None = None  # hard budgets and rate limits (None with emitter doubles)
 
 
 def libraries() -> list[ModuleType]:
@@ -79,8 +80,14 @@ def libraries() -> list[ModuleType]:
 
 def install(state: State) -> None:
     """Patch every client class once; later calls only swap the state."""
-    global _state
+    global _state, _limiter
     _state = state
+    if _limiter is None or _limiter.emitter is not state.emitter:
+        _close_limiter()
+        try:
+            _limiter = limits.Limiter.for_emitter(state.emitter, state.app)
+        except Exception:
+            guard.report("limits.start")
     for lib in libraries():
         sync_proxy, async_proxy = stream_classes(lib)
         for cls, factory, proxy in (
@@ -97,6 +104,7 @@ def uninstall() -> None:
     """Restore the exact original function objects."""
     global _state
     _state = None
+    _close_limiter()
     for (cls, name), original in list(_originals.items()):
         setattr(cls, name, original)
         del _originals[(cls, name)]
@@ -104,6 +112,16 @@ def uninstall() -> None:
 
 def is_installed() -> bool:
     return bool(_originals)
+
+
+def _close_limiter() -> None:
+    global _limiter
+    limiter, _limiter = _limiter, None
+    if limiter is not None:
+        try:
+            limiter.close()
+        except Exception:
+            guard.report("limits.close")
 
 
 def _make_sync_send(original: Any, proxy: type) -> Any:
@@ -120,6 +138,10 @@ def _make_sync_send(original: Any, proxy: type) -> Any:
             raise error
         if record is None:
             return original(self, request, *args, **kwargs)
+        if type(record) is limits.LimitedCallRecord:
+            error = limits.admit_sync(record)
+            if error is not None:
+                raise error
         try:
             response = original(self, request, *args, **kwargs)
         except BaseException as exc:
@@ -145,6 +167,10 @@ def _make_async_send(original: Any, proxy: type) -> Any:
             raise error
         if record is None:
             return await original(self, request, *args, **kwargs)
+        if type(record) is limits.LimitedCallRecord:
+            error = await limits.admit_async(record)
+            if error is not None:
+                raise error
         try:
             response = await original(self, request, *args, **kwargs)
         except BaseException as exc:
@@ -172,7 +198,9 @@ def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None,
         _current_call.set((call, path))
     attribution = current_attribution()
     emitter = state.emitter
-    record = CallRecord(
+    limiter = _limiter
+    gate = limiter.prepare(endpoint.provider, request, attribution) if limiter and limiter.active else None
+    record = (CallRecord if gate is None else limits.LimitedCallRecord)(
         endpoint,
         request,
         bool(stream),
@@ -183,6 +211,8 @@ def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None,
         spans.current_context(),
         emitter.submit,
     )
+    if gate is not None:
+        record.gate = gate  # type: ignore[attr-defined]
     killswitch = emitter.killswitch
     if killswitch.active:
         error = _check_killswitch(state, killswitch, record, endpoint, request, attribution)

@@ -137,7 +137,10 @@ def test_unknown_kind_and_metric(tmp_path: Path) -> None:
         """,
     )
     path = tmp_path / "a.yml"
-    assert errors[0] == f"{path}:2: rules[0]: kind must be one of budget, threshold, forecast, data_quality"
+    assert (
+        errors[0]
+        == f"{path}:2: rules[0]: kind must be one of budget, threshold, forecast, data_quality, rate_limit"
+    )
     assert errors[1].startswith(f"{path}:6: rules[1].metric: Input should be 'error_rate'")
 
 
