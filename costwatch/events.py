@@ -16,7 +16,7 @@ Token meaning, normalized across providers (see docs/architecture.md):
 from __future__ import annotations
 
 import os
-import secrets
+import random
 import time
 from typing import Annotated, Literal
 
@@ -150,12 +150,28 @@ _STATUS_CLASSES: dict[int, ErrorClass] = {
 }
 
 
+def _seed_ids() -> None:
+    """Per-process generator for event ids: seeded once from os.urandom, reseeded in a fork child."""
+    global _id_bits
+    _id_bits = random.Random(os.urandom(32)).getrandbits
+
+
+_id_bits = random.Random(os.urandom(32)).getrandbits
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_seed_ids)
+
+
 def new_event_id(now: float | None = None) -> str:
     """A UUIDv7 string: time-ordered (good for DuckDB zone maps) and unique across processes."""
     ms = int((time.time() if now is None else now) * 1000)
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
-    value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62
-    value |= rand & 0x3FFFFFFFFFFFFFFF
+    rand = _id_bits(74)  # 12 bits rand_a + 62 bits rand_b
+    value = (
+        (ms & 0xFFFFFFFFFFFF) << 80
+        | 0x7 << 76
+        | (rand >> 62) << 64
+        | 0b10 << 62
+        | (rand & 0x3FFFFFFFFFFFFFFF)
+    )
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

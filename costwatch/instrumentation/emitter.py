@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from costwatch.events import UsageEvent, encode, encode_many
+from costwatch.instrumentation import spans
 from costwatch.instrumentation.killswitch import KillSwitchView
 from costwatch.instrumentation.spool import Spool
 from costwatch.protocol import IngestReply, KillSwitchState
@@ -40,6 +41,7 @@ log = logging.getLogger("costwatch.emitter")
 _reply_decoder = msgspec.json.Decoder(IngestReply)
 _state_decoder = msgspec.json.Decoder(KillSwitchState)
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
+CONVERT_SLICE = 200  # records converted between GIL hand-backs (time.sleep(0)) to the app
 # Statuses that mean "try again later" rather than "these events are bad".
 _RETRY_STATUSES = frozenset({401, 404, 408, 425, 429})
 
@@ -298,19 +300,27 @@ class Emitter:
         return ok
 
     def _convert(self, items: list[Any]) -> list[UsageEvent]:
+        """Convert in slices, yielding the GIL between them so the app's threads keep running."""
         events = []
-        for item in items:
-            try:
-                event = item.to_event()
-            except Exception as exc:
-                self._counts["conversion_errors"] += 1
-                self._log_once("convert", exc, "costwatch could not build a usage event: %r", exc)
-                continue
-            if type(event) is UsageEvent:
-                events.append(event)
-            elif event is not None:
-                self._counts["conversion_errors"] += 1
-                self._log_once("convert", TypeError, "costwatch: to_event() returned %r", type(event))
+        spans.pin()  # one TracerProvider check per batch, not per event
+        try:
+            for start in range(0, len(items), CONVERT_SLICE):
+                if start:
+                    time.sleep(0)
+                for item in items[start : start + CONVERT_SLICE]:
+                    try:
+                        event = item.to_event()
+                    except Exception as exc:
+                        self._counts["conversion_errors"] += 1
+                        self._log_once("convert", exc, "costwatch could not build a usage event: %r", exc)
+                        continue
+                    if type(event) is UsageEvent:
+                        events.append(event)
+                    elif event is not None:
+                        self._counts["conversion_errors"] += 1
+                        self._log_once("convert", TypeError, "costwatch: to_event() returned %r", type(event))
+        finally:
+            spans.unpin()
         return events
 
     def _encodable(self, events: list[UsageEvent]) -> list[UsageEvent]:

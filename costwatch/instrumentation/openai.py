@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
+
 from costwatch.instrumentation.providers import (
     COMPLETIONS,
     EMBEDDINGS,
@@ -59,38 +61,56 @@ def from_body(api: str, body: Any) -> tuple[Usage | None, str | None]:
     return normalize_usage(api, body.get("usage")), model if isinstance(model, str) else None
 
 
+_decode = msgspec.json.decode
+_DecodeError = (msgspec.DecodeError, ValueError)
+
+
+def _load(data: str) -> Any:
+    try:
+        return _decode(data)
+    except _DecodeError:
+        return None
+
+
+def _has_usage(raw: str) -> bool:
+    """Might this chunk carry usage? (``"usage":null``, which include_usage adds to every chunk, does not.)
+
+    Content text cannot fake the key: inside a JSON string its quotes are escaped.
+    """
+    if '"usage"' not in raw:
+        return False
+    return '"usage":null' not in raw and '"usage": null' not in raw
+
+
 def scan_stream(api: str, events: Iterable[SSEvent]) -> StreamFacts:
+    if api == RESPONSES:
+        return _scan_responses(events)
+    events = events if isinstance(events, list) else list(events)
+    # A complete chat stream (``[DONE]`` seen) needs only its first content event (TTFT), the
+    # usage event and a model: found by cheap substring checks, only those are decoded. The
+    # generated-character count only feeds estimates of abandoned streams, so a stream
+    # without ``[DONE]`` is decoded in full.
+    if not any(ev.data.startswith("[DONE]") for ev in reversed(events)):
+        return _scan_chat(api, events, full=True)
+    return _scan_chat(api, events, full=False)
+
+
+def _scan_chat(api: str, events: list[SSEvent], full: bool) -> StreamFacts:
     usage: Usage | None = None
     model: str | None = None
     first_t: float | None = None
     chars = 0
     terminal = False
     for ev in events:
-        if ev.data.startswith("[DONE]"):
+        raw = ev.data
+        if raw.startswith("[DONE]"):
             terminal = True
             continue
-        try:
-            data = json.loads(ev.data)
-        except ValueError:
-            continue
+        if not full and first_t is not None and model is not None and not _has_usage(raw):
+            continue  # neither the usage event nor needed for TTFT / the model
+        data = _load(raw)
         if not isinstance(data, dict):
             continue
-        if api == RESPONSES:
-            kind = data.get("type") or ev.event or ""
-            if kind.endswith(".delta"):
-                if first_t is None:
-                    first_t = ev.t
-                delta = data.get("delta")
-                chars += len(delta) if isinstance(delta, str) else 0
-            elif kind == "response.created" or kind in _TERMINAL_RESPONSE_EVENTS:
-                response = data.get("response") or {}
-                if isinstance(response, dict):
-                    model = response.get("model") or model
-                    if kind in _TERMINAL_RESPONSE_EVENTS:
-                        terminal = True
-                        usage = normalize_usage(RESPONSES, response.get("usage")) or usage
-            continue
-        # chat / legacy completions chunks
         if isinstance(data.get("model"), str):
             model = data["model"]
         if data.get("usage"):
@@ -112,4 +132,33 @@ def scan_stream(api: str, events: Iterable[SSEvent]) -> StreamFacts:
             if first_t is None:
                 first_t = ev.t
             chars += len(text)
+    return StreamFacts(usage, usage is not None, model, first_t, chars, terminal)
+
+
+def _scan_responses(events: Iterable[SSEvent]) -> StreamFacts:
+    usage: Usage | None = None
+    model: str | None = None
+    first_t: float | None = None
+    chars = 0
+    terminal = False
+    for ev in events:
+        if ev.data.startswith("[DONE]"):
+            terminal = True
+            continue
+        data = _load(ev.data)
+        if not isinstance(data, dict):
+            continue
+        kind = data.get("type") or ev.event or ""
+        if kind.endswith(".delta"):
+            if first_t is None:
+                first_t = ev.t
+            delta = data.get("delta")
+            chars += len(delta) if isinstance(delta, str) else 0
+        elif kind == "response.created" or kind in _TERMINAL_RESPONSE_EVENTS:
+            response = data.get("response") or {}
+            if isinstance(response, dict):
+                model = response.get("model") or model
+                if kind in _TERMINAL_RESPONSE_EVENTS:
+                    terminal = True
+                    usage = normalize_usage(RESPONSES, response.get("usage")) or usage
     return StreamFacts(usage, usage is not None, model, first_t, chars, terminal)

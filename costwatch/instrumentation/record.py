@@ -29,6 +29,8 @@ import time
 from collections import deque
 from typing import Any
 
+import msgspec
+
 from costwatch.context import Attribution
 from costwatch.events import UsageEvent, classify_status, local_host, new_event_id
 from costwatch.instrumentation import anthropic as anthropic_usage
@@ -54,6 +56,8 @@ CHARS_PER_TOKEN = 4  # rough estimate for abandoned / broken streams
 _SECRET = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
 _CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
 _HOST = local_host()
+_decode = msgspec.json.decode
+_DecodeError = (msgspec.DecodeError, ValueError)
 
 
 def scrub(value: str | None, limit: int = 256) -> str | None:
@@ -288,9 +292,10 @@ class CallRecord:
             fields.update(usage._asdict())
         if headers is not None:
             fields.update(_ratelimits(headers, endpoint.provider == ANTHROPIC))
-        ids = spans.emit(fields, self.otel_context, self.wall0)
-        if ids is not None:
-            fields["trace_id"], fields["span_id"] = ids
+        if spans.enabled():
+            ids = spans.emit(fields, self.otel_context, self.wall0)
+            if ids is not None:
+                fields["trace_id"], fields["span_id"] = ids
         return UsageEvent(**fields)
 
     def _parse_body(self, response: Any) -> tuple[Usage | None, str | None]:
@@ -343,25 +348,48 @@ def _estimate(req: dict, facts: StreamFacts, usage: Usage | None) -> tuple[Usage
     return Usage(input_tokens, output_tokens, cached, write, None), "estimated"
 
 
+_RATELIMIT_HEADERS = {
+    True: {
+        b"anthropic-ratelimit-requests-remaining": "ratelimit_remaining_requests",
+        b"anthropic-ratelimit-tokens-remaining": "ratelimit_remaining_tokens",
+        b"anthropic-ratelimit-requests-limit": "ratelimit_limit_requests",
+        b"anthropic-ratelimit-tokens-limit": "ratelimit_limit_tokens",
+    },
+    False: {
+        b"x-ratelimit-remaining-requests": "ratelimit_remaining_requests",
+        b"x-ratelimit-remaining-tokens": "ratelimit_remaining_tokens",
+        b"x-ratelimit-limit-requests": "ratelimit_limit_requests",
+        b"x-ratelimit-limit-tokens": "ratelimit_limit_tokens",
+    },
+}
+
+
 def _ratelimits(headers: Any, anthropic: bool) -> dict[str, int]:
-    if anthropic:
-        names = {
-            "ratelimit_remaining_requests": "anthropic-ratelimit-requests-remaining",
-            "ratelimit_remaining_tokens": "anthropic-ratelimit-tokens-remaining",
-            "ratelimit_limit_requests": "anthropic-ratelimit-requests-limit",
-            "ratelimit_limit_tokens": "anthropic-ratelimit-tokens-limit",
-        }
+    """One pass over the raw header list (no case-insensitive lookup per name)."""
+    names = _RATELIMIT_HEADERS[anthropic]
+    raw = getattr(headers, "raw", None)
+    if raw is None:  # not an httpx(2) Headers: per-name lookups
+        found = {}
+        for header, field in names.items():
+            value = headers.get(header.decode())
+            if value is not None:
+                found[field] = value.encode() if isinstance(value, str) else value
     else:
-        names = {
-            "ratelimit_remaining_requests": "x-ratelimit-remaining-requests",
-            "ratelimit_remaining_tokens": "x-ratelimit-remaining-tokens",
-            "ratelimit_limit_requests": "x-ratelimit-limit-requests",
-            "ratelimit_limit_tokens": "x-ratelimit-limit-tokens",
-        }
+        found = {}
+        seen = set()
+        for key, value in raw:
+            field = names.get(key.lower())
+            if field is None:
+                continue
+            if field in seen:  # repeated: joined by a lookup into "a, b", which is not a number
+                found.pop(field, None)
+                continue
+            seen.add(field)
+            found[field] = value
     out = {}
-    for field, header in names.items():
-        value = headers.get(header)
-        if value is not None and value.strip().isdigit():
+    for field, value in found.items():
+        value = value.strip()
+        if value.isdigit():
             out[field] = min(int(value), 10**12)
     return out
 
@@ -377,8 +405,8 @@ def _json(data: bytes) -> dict:
     if not data:
         return {}
     try:
-        value = json.loads(data)
-    except ValueError:
+        value = _decode(data)
+    except _DecodeError:
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -8,6 +8,7 @@ API's default proxy/no-op providers are skipped).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from costwatch import semconv
@@ -27,6 +28,8 @@ _OPERATIONS = {
     "completions": semconv.OPERATION_TEXT_COMPLETION,
 }
 _tracers: dict[int, Any] = {}
+_UNSET = object()
+_batch = threading.local()  # .tracer: pinned by `pin()` for one emitter batch
 
 
 def current_context() -> Any:
@@ -39,7 +42,29 @@ def tracer_provider() -> Any:
     return _trace.get_tracer_provider()
 
 
+def pin() -> None:
+    """Look the provider up once for a whole batch (this thread) instead of once per event."""
+    try:
+        _batch.tracer = _lookup()
+    except Exception:  # left to each event's own lookup, whose failure is counted per event
+        _batch.tracer = _UNSET
+
+
+def unpin() -> None:
+    _batch.tracer = _UNSET
+
+
+def enabled() -> bool:
+    """Cheap pre-check: False when a pinned batch has no SDK provider (span work is skipped)."""
+    return getattr(_batch, "tracer", _UNSET) is not None
+
+
 def _tracer() -> Any:
+    tracer = getattr(_batch, "tracer", _UNSET)
+    return _lookup() if tracer is _UNSET else tracer
+
+
+def _lookup() -> Any:
     if _trace is None:
         return None
     provider = tracer_provider()

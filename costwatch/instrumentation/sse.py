@@ -22,6 +22,11 @@ def iter_events(chunks: Iterable[tuple[bytes, float]]) -> Iterator[SSEvent]:
     last_t = 0.0
     for chunk, t in chunks:
         last_t = t
+        if not pending and len(chunk) > 2 and chunk.find(b"\n\n") == len(chunk) - 2 and b"\r" not in chunk:
+            ev = _parse_block(chunk[:-2], t)  # the usual chunk: exactly one complete LF event
+            if ev is not None:
+                yield ev
+            continue
         pending += chunk
         if b"\n\n" not in pending and b"\r\n\r\n" not in pending:
             continue
@@ -38,6 +43,8 @@ def iter_events(chunks: Iterable[tuple[bytes, float]]) -> Iterator[SSEvent]:
 
 
 def _parse_block(block: bytes, t: float) -> SSEvent | None:
+    if block.startswith(b"data: ") and b"\n" not in block:  # the usual block: one data line
+        return SSEvent(None, block[6:].decode("utf-8", "replace"), t)
     event: str | None = None
     data: list[str] = []
     for raw in block.split(b"\n"):
