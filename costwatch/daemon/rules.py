@@ -489,6 +489,12 @@ def _load_file(path: Path, env: Mapping[str, str], errors: list[str]) -> tuple[R
         line = mark.line + 1 if mark else 1
         errors.append(f"{path}:{line}: YAML syntax: {exc.problem or exc}")
         return None
+    except UnicodeDecodeError as exc:
+        errors.append(f"{path}:1: not UTF-8 text (byte {exc.start}): rule files must be UTF-8")
+        return None
+    except yaml.YAMLError as exc:  # e.g. a control character the reader refuses
+        errors.append(f"{path}:1: unreadable YAML: {str(exc).splitlines()[0]}")
+        return None
     if data is None:
         return RulesFile(), yaml.MappingNode("tag:yaml.org,2002:map", [])
     if not isinstance(data, dict):

@@ -206,13 +206,6 @@ def test_rule_loader_fuzz(tmp_path: Path) -> None:
     assert sum(rules_counts.values()) >= EXAMPLES and rules_counts["ok"] > 0 and rules_counts["error"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (found by the fuzzer): _load_file in costwatch/daemon/rules.py catches OSError and"
-    " yaml.MarkedYAMLError only; a control character (yaml.reader.ReaderError) or a non-UTF-8 file"
-    " (UnicodeDecodeError) escapes load_rules as a traceback. Fix: also catch yaml.YAMLError and"
-    " UnicodeDecodeError there and report them as `file:line: ...` like the others.",
-)
 @pytest.mark.parametrize(
     "content", [b"rules: []\n\x00\n", b"rules:\n  - name: \xff\xfe\n"], ids=["nul", "latin1"]
 )
