@@ -9,7 +9,6 @@ kill-switch write) runs off the event loop. Errors are one line in
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from costwatch import events as ev
 from costwatch.daemon import store as store_mod
+from costwatch.daemon.auth import CHALLENGE, authorized, bearer_token
 from costwatch.daemon.killswitch import ScopeError
 from costwatch.daemon.metrics import CONTENT_TYPE
 from costwatch.daemon.sql import QueryError, encode, run_query, to_csv
@@ -145,16 +145,14 @@ def build_app(
     max_pending = max(4 * settings.max_batch_events, 200_000)
 
     def require_token(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given:
+        if bearer_token(request) is None:
             raise HTTPError(
                 401,
                 "missing bearer token: send 'Authorization: Bearer <token>' (the token is in the state dir)",
-                {"WWW-Authenticate": "Bearer"},
+                CHALLENGE,
             )
-        if not hmac.compare_digest(given.strip().encode(), token):
-            raise HTTPError(401, "invalid bearer token", {"WWW-Authenticate": "Bearer"})
+        if not authorized(request, token):
+            raise HTTPError(401, "invalid bearer token", CHALLENGE)
 
     async def json_body(request: Request, limit: int = 1024 * 1024) -> dict[str, Any]:
         body = await read_body(request, limit)

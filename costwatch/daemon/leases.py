@@ -23,7 +23,6 @@ every whole minute); a slice is only valid inside its window.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import threading
@@ -41,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from costwatch.daemon.auth import CHALLENGE, authorized
 from costwatch.daemon.evaluate import _budget_values, window_bounds
 from costwatch.daemon.rules import BudgetRule, RateLimitRule, RuleError, RuleSet, load_rules, parse_duration
 from costwatch.events import UsageEvent
@@ -370,9 +370,8 @@ class LeaseService:
         expected = token.encode()
 
         async def leases(request: Request) -> Response:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-                return _error(401, "missing or invalid bearer token")
+            if not authorized(request, expected):
+                return _error(401, "missing or invalid bearer token", CHALLENGE)
             body = await request.body()
             if len(body) > MAX_BODY:
                 return _error(413, "lease request too large")
@@ -471,7 +470,10 @@ def pricer_rates(pricer: Any) -> Callable[[str, str], list[float] | None]:
     return rates
 
 
-def _error(status: int, message: str) -> Response:
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        msgspec.json.encode({"error": message}), status_code=status, media_type="application/json"
+        msgspec.json.encode({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )

@@ -13,7 +13,6 @@ the page moves it into localStorage and strips it from the address bar.
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from costwatch.daemon.auth import authorized
 from costwatch.daemon.sql import encode
 
 if TYPE_CHECKING:
@@ -179,10 +179,6 @@ def web_routes(daemon: Daemon, forecasts: Forecasts | None = None) -> list[BaseR
     """
     token = daemon.token.encode()
 
-    def authorized(request: Request) -> bool:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
-
     def find_forecasts() -> Forecasts | None:
         if forecasts is not None:
             return forecasts
@@ -200,7 +196,7 @@ def web_routes(daemon: Daemon, forecasts: Forecasts | None = None) -> list[BaseR
         return _json({"queries": QUERIES, "ranges": ranges, "default_range": DEFAULT_RANGE})
 
     async def budgets(request: Request) -> Response:
-        if not authorized(request):
+        if not authorized(request, token):
             return _json({"error": "missing or invalid bearer token"}, 401, {"WWW-Authenticate": "Bearer"})
         fn = find_forecasts()
         if fn is None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.routing import BaseRoute, Mount, Route
 
-from costwatch.cli import default_routes
+from costwatch.cli import default_routes, default_services
 from costwatch.daemon.server import Daemon
 from costwatch.events import encode_many
 from costwatch.settings import DEFAULT_HOST, DaemonSettings
@@ -37,11 +37,12 @@ PUBLIC = {
 
 @pytest.fixture(scope="module")
 def full_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
-    """The daemon's app as `costwatch daemon` builds it (with the spend page's routes)."""
+    """The daemon's app as `costwatch daemon` builds it (services, leases and spend-page routes)."""
     state = tmp_path_factory.mktemp("access")
     d = in_process_daemon(state)
     d.daemon.close()  # rebuild with the CLI's extra routes, on the same state dir
-    daemon = Daemon(DaemonSettings(state_dir=state, port=0), routes=default_routes())
+    settings = DaemonSettings(state_dir=state, port=0)
+    daemon = Daemon(settings, services=default_services(settings), routes=default_routes())
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=daemon.app), base_url="http://cw")
     full = InProcess(daemon, d.loop, client)
     try:
