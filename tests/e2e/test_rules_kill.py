@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -84,7 +83,6 @@ def test_token_budget_kill_blocks_another_process_until_resume(tmp_path: Path) -
             assert switch["source"] == "rule:spender-daily-tokens"
 
             requests_before = fake.count
-            started = time.time()
             blocked = subprocess.run(
                 [sys.executable, "-c", BLOCKED_SCRIPT, fake.url, "10"],
                 env=daemon.app_env(app="spender"),
@@ -96,7 +94,6 @@ def test_token_budget_kill_blocks_another_process_until_resume(tmp_path: Path) -
             assert blocked.stdout.strip().startswith("blocked: ")
             assert "spender-daily-tokens" in blocked.stdout
             assert fake.count == requests_before
-            assert time.time() - started < 10
 
             # Both thresholds fired; one message per evaluation names the highest crossed.
             wait_for(lambda: len(hook.posts) >= 1 and len(smtp.messages) >= 1, timeout=15)
