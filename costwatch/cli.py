@@ -4,6 +4,13 @@ While the daemon runs it holds DuckDB's file lock, so every command goes
 through its API; when it is not running, commands open the file themselves
 with the same code (read-only and sandboxed for `sql`). Errors are one line
 on stderr with exit status 1 (2 for usage errors), never a traceback.
+
+Start-up is on the kill switch's critical path (an operator's `costwatch kill`
+until the processes refuse calls), so this module imports only the standard
+library at the top: the daemon's address comes from `costwatch.sources` (no
+pydantic), requests go out on one `http.client` connection, and pydantic,
+duckdb and the daemon's modules are imported only by the paths that need them
+(the daemon itself, or the fallback that opens the file when no daemon answers).
 """
 
 from __future__ import annotations
@@ -15,7 +22,12 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import http.client
+
+    from costwatch.sources import DaemonEndpoint
 
 __all__ = ["main", "parse_duration", "parse_since"]
 
@@ -86,45 +98,96 @@ def load_settings(args: argparse.Namespace, **extra: Any) -> Any:
         raise CLIError(f"cannot read the config file: {exc}", 2) from None
 
 
+class _DaemonDown(CLIError):
+    """Nothing accepted a connection at the daemon's address; commands that can open the file do so."""
+
+
+def client_for(args: argparse.Namespace) -> Client:
+    """The daemon's address and token from flags > env > config file > token file, without pydantic."""
+    from costwatch.sources import SettingError, daemon_endpoint
+
+    if getattr(args, "config", None):
+        os.environ["COSTWATCH_CONFIG"] = str(args.config)
+    try:
+        endpoint = daemon_endpoint(getattr(args, "host", None), getattr(args, "port", None))
+    except SettingError as exc:
+        raise CLIError(f"invalid setting {exc.field}: {exc.msg} (got {exc.value!r})", 2) from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot read the config file: {exc}", 2) from None
+    return Client(endpoint)
+
+
 class Client:
-    """The daemon's HTTP API as seen from the CLI."""
+    """The daemon's HTTP API as seen from the CLI: one kept-alive ``http.client`` connection.
 
-    def __init__(self, settings: Any) -> None:
-        from costwatch.settings import read_token
+    There is no separate health probe: a request whose connection is refused
+    raises `_DaemonDown`, which the commands with a file fallback catch.
+    """
 
-        host = settings.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        self.url = f"http://{host}:{settings.port}"
-        self.token = settings.token or read_token(settings.state_dir)
+    connect_timeout_s = 1.0
 
-    def is_up(self) -> bool:
-        import httpx
-
-        try:
-            httpx.get(self.url + "/healthz", timeout=1.0)
-        except httpx.HTTPError:
-            return False
-        return True
+    def __init__(self, endpoint: DaemonEndpoint) -> None:
+        self.endpoint = endpoint
+        self.url = endpoint.url
+        self.token = endpoint.token
+        self._conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:
-        import httpx
+        import http.client
+        import json
 
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        for attempt in (0, 1):
+            reused = self._conn is not None
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                status, raw = response.status, response.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                # A kept-alive connection the daemon closed meanwhile is retried once.
+                stale = isinstance(
+                    exc, ConnectionResetError | BrokenPipeError | http.client.RemoteDisconnected
+                )
+                if attempt or not reused or not stale:
+                    raise CLIError(f"cannot reach the daemon at {self.url}: {exc}") from None
         try:
-            response = httpx.request(method, self.url + path, json=body, headers=headers, timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise CLIError(f"cannot reach the daemon at {self.url}: {exc}") from None
-        try:
-            data = response.json()
+            data = json.loads(raw)
         except ValueError:
-            data = {"error": response.text.strip()[:200]}
-        if response.status_code >= 400:
+            data = {"error": raw.decode("utf-8", "replace").strip()[:200]}
+        if status >= 400:
             message = data.get("error") if isinstance(data, dict) else None
-            raise CLIError(message or f"the daemon answered HTTP {response.status_code}")
+            raise CLIError(message or f"the daemon answered HTTP {status}")
         return data
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        import http.client
+
+        conn = self._conn
+        if conn is None or conn.sock is None:
+            conn = http.client.HTTPConnection(
+                self.endpoint.host, self.endpoint.port, timeout=self.connect_timeout_s
+            )
+            try:
+                conn.connect()
+            except OSError as exc:
+                conn.close()
+                raise _DaemonDown(f"cannot reach the daemon at {self.url}: {exc}") from None
+            self._conn = conn
+        conn.sock.settimeout(timeout)  # type: ignore[union-attr]
+        return conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def _open_file_without_daemon(settings: Any, client: Client) -> Any:
@@ -227,38 +290,49 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    if not args.db:  # the daemon holds the file while it runs: ask it first
+        client = client_for(args)
+        try:
+            data = client.request("POST", "/v1/sql", {"sql": args.query})
+        except _DaemonDown:
+            pass
+        else:
+            _print_daemon_rows(data, args.format)
+            return 0
     from costwatch.daemon.sql import QueryError, run_query
 
     settings = load_settings(args)
-    client = Client(settings)
-    via_daemon = not args.db and client.is_up()
-    if not via_daemon:
-        try:
-            con = _open_read_only(settings)
-        except _Locked:
-            via_daemon = True
-        else:
-            try:
-                result = run_query(
-                    con, args.query, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows
-                )
-            except QueryError as exc:
-                raise CLIError(str(exc)) from None
-            finally:
-                con.close()
-            _print_rows(result.columns, result.types, result.rows, args.format, result.truncated)
-            return 0
-    data = client.request("POST", "/v1/sql", {"sql": args.query})
-    _print_rows(data["columns"], data["types"], data["rows"], args.format, data.get("truncated", False))
+    try:
+        con = _open_read_only(settings)
+    except _Locked:  # --db names the file the running daemon holds
+        data = client_for(args).request("POST", "/v1/sql", {"sql": args.query})
+        _print_daemon_rows(data, args.format)
+        return 0
+    try:
+        result = run_query(con, args.query, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows)
+    except QueryError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        con.close()
+    _print_rows(result.columns, result.rows, args.format, result.truncated, from_daemon=False)
     return 0
 
 
-def _print_rows(columns: list[str], types: list[str], rows: list[Any], fmt: str, truncated: bool) -> None:
-    from costwatch.daemon.sql import encode, to_csv
+def _print_daemon_rows(data: dict[str, Any], fmt: str) -> None:
+    _print_rows(data["columns"], data["rows"], fmt, data.get("truncated", False), from_daemon=True)
 
+
+def _print_rows(columns: list[str], rows: list[Any], fmt: str, truncated: bool, *, from_daemon: bool) -> None:
+    """Rows from the daemon are JSON values already: printing them needs neither duckdb nor the sandbox."""
     if fmt == "csv":
+        from costwatch.daemon.sql import to_csv
+
         sys.stdout.write(to_csv(columns, rows))
     elif fmt == "json":
+        if from_daemon:
+            from msgspec.json import encode  # the same bytes as the sandbox's encoder gives JSON values
+        else:
+            from costwatch.daemon.sql import encode  # dates, decimals, UUIDs straight from DuckDB
         sys.stdout.write(encode([dict(zip(columns, row, strict=True)) for row in rows]).decode() + "\n")
     else:
         from rich.console import Console
@@ -301,18 +375,17 @@ def _direct_registry(settings: Any) -> tuple[Any, Any]:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from costwatch.daemon.killswitch import ScopeError
-
-    settings = load_settings(args)
     scope = parse_scope(args.scope)
     for_s = parse_duration(args.for_) if args.for_ else None
-    client = Client(settings)
+    client = client_for(args)
     where = ", ".join(f"{k}={v}" for k, v in sorted(scope.items())) or "global"
-    if client.is_up():
-        body = {"action": "engage", "scope": scope, "reason": args.reason, "for_s": for_s, "source": "cli"}
+    body = {"action": "engage", "scope": scope, "reason": args.reason, "for_s": for_s, "source": "cli"}
+    try:
         client.request("POST", "/v1/killswitch", body)
-    else:
-        con, registry = _direct_registry(settings)
+    except _DaemonDown:
+        from costwatch.daemon.killswitch import ScopeError
+
+        con, registry = _direct_registry(load_settings(args))
         try:
             registry.engage(scope, args.reason, "cli", time.time() + for_s if for_s else None)
         except ScopeError as exc:
@@ -325,18 +398,17 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from costwatch.daemon.killswitch import ScopeError
-
-    settings = load_settings(args)
     scope = parse_scope(args.scope)
     if args.all and scope:
         raise CLIError("use either --scope or --all", 2)
-    client = Client(settings)
-    if client.is_up():
-        body = {"action": "lift", "scope": scope, "all": bool(args.all), "by": "cli"}
+    client = client_for(args)
+    body = {"action": "lift", "scope": scope, "all": bool(args.all), "by": "cli"}
+    try:
         lifted = client.request("POST", "/v1/killswitch", body)["lifted"]
-    else:
-        con, registry = _direct_registry(settings)
+    except _DaemonDown:
+        from costwatch.daemon.killswitch import ScopeError
+
+        con, registry = _direct_registry(load_settings(args))
         try:
             lifted = registry.lift(None if args.all else scope, "cli")
         except ScopeError as exc:
@@ -353,19 +425,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from costwatch.daemon import store as store_mod
-    from costwatch.daemon.killswitch import KillSwitchRegistry
-
-    settings = load_settings(args)
-    client = Client(settings)
-    if client.is_up():
+    client = client_for(args)
+    try:
         data = client.request("GET", "/v1/status")
-        print(f"daemon: running at {client.url} (up {data['uptime_s']:.0f} s)")
-        if data.get("health"):
-            print("health: degraded: " + "; ".join(data["health"]))
-        engaged = data["killswitch"]["engaged"]
-        forecasts = client.request("GET", "/v1/budgets").get("budgets", [])
-    else:
+    except _DaemonDown:
+        from costwatch.daemon import store as store_mod
+        from costwatch.daemon.killswitch import KillSwitchRegistry
+
+        settings = load_settings(args)
         forecasts = []
         print(f"daemon: not running (nothing answered at {client.url})")
         con = _open_file_without_daemon(settings, client)
@@ -378,6 +445,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             ]
         finally:
             con.close()
+    else:
+        print(f"daemon: running at {client.url} (up {data['uptime_s']:.0f} s)")
+        if data.get("health"):
+            print("health: degraded: " + "; ".join(data["health"]))
+        engaged = data["killswitch"]["engaged"]
+        forecasts = client.request("GET", "/v1/budgets").get("budgets", [])
     print(f"events stored: {data['events']}")
     print(
         f"spend today: ${data['spend_today_usd']:.4f}   "
@@ -406,10 +479,10 @@ def cmd_reprice(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     since = parse_since(args.since)
-    client = Client(settings)
-    if client.is_up():
+    client = client_for(args)
+    try:
         result = client.request("POST", "/v1/admin/reprice", {"since": since}, timeout=600)
-    else:
+    except _DaemonDown:
         result = reprice_file(settings.db_path, Pricer(settings.prices), since, timezone=settings.timezone)
     print(f"repriced {result['repriced']} events ({result['priced']} priced)")
     return 0
@@ -421,12 +494,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     since = parse_since(args.since)
     directory = Path(args.parquet).resolve()
-    client = Client(settings)
-    if client.is_up():
+    client = client_for(args)
+    try:
         result = client.request(
             "POST", "/v1/admin/export", {"dir": str(directory), "since": since}, timeout=600
         )
-    else:
+    except _DaemonDown:
         con = _open_file_without_daemon(settings, client)
         try:
             result = export_parquet(con, directory, since)
@@ -479,8 +552,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_reload(args: argparse.Namespace) -> int:
-    client = Client(load_settings(args))
-    result = client.request("POST", "/v1/rules/reload")
+    load_settings(args)  # an invalid setting is reported as for every other command
+    result = client_for(args).request("POST", "/v1/rules/reload")
     if result["errors"]:
         for line in result["errors"]:
             print(line, file=sys.stderr)
@@ -502,11 +575,13 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
         raise CLIError("no rules directory: give one (costwatch rules backtest DIR) or create ./alerts", 2)
     since = parse_since(args.since)
     step_s = parse_duration(args.step)
-    client = Client(settings)
-    if client.is_up():
-        body = {"dir": str(directory.resolve()), "since": since, "step_s": step_s}
+    client = client_for(args)
+    body = {"dir": str(directory.resolve()), "since": since, "step_s": step_s}
+    try:
         print(client.request("POST", "/v1/rules/backtest", body, timeout=600)["report"])
         return 0
+    except _DaemonDown:
+        pass
     try:
         ruleset = load_rules(directory)
     except RuleError as exc:

@@ -1,51 +1,45 @@
-"""Settings, declared once and validated once; the only module that reads the environment.
+"""Settings, declared once and validated once.
 
 Client settings (`ClientSettings`) are read when an app instruments itself;
 daemon settings (`DaemonSettings`) come from CLI flags, ``COSTWATCH_*`` env
 vars and an optional TOML/YAML config file, in that order of precedence.
+The environment, config-file and token-file lookups are in `costwatch.sources`
+(no pydantic), so the CLI can find the daemon without importing pydantic.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7707
-TOKEN_FILE_NAME = "token"
+# The lookups themselves live in `costwatch.sources` (no pydantic), shared with the CLI's fast path.
+from costwatch.sources import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    TOKEN_FILE_NAME,
+    config_file_path,
+    default_state_dir,
+    ensure_token,
+    load_config_file,
+    read_token,
+)
 
-
-def default_state_dir() -> Path:
-    """Where the daemon keeps its DuckDB file and token, and apps their spool."""
-    override = os.environ.get("COSTWATCH_STATE_DIR")
-    return Path(override) if override else Path(platformdirs.user_data_dir("costwatch"))
-
-
-def read_token(state_dir: Path) -> str | None:
-    try:
-        return (state_dir / TOKEN_FILE_NAME).read_text().strip() or None
-    except OSError:
-        return None
-
-
-def ensure_token(state_dir: Path) -> str:
-    """Create the bearer token on first start, readable by its owner only (0600)."""
-    existing = read_token(state_dir)
-    if existing:
-        return existing
-    state_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    path = state_dir / TOKEN_FILE_NAME
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "TOKEN_FILE_NAME",
+    "ClientSettings",
+    "DaemonSettings",
+    "PriceOverride",
+    "config_file_path",
+    "default_state_dir",
+    "ensure_token",
+    "load_config_file",
+    "read_token",
+]
 
 
 class ClientSettings(BaseSettings):
@@ -145,30 +139,3 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         path = config_file_path()
         return load_config_file(path) if path else {}
-
-
-def config_file_path() -> Path | None:
-    explicit = os.environ.get("COSTWATCH_CONFIG")
-    if explicit:
-        return Path(explicit)
-    for name in ("config.toml", "config.yaml", "config.yml"):
-        candidate = default_state_dir() / name
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        return tomllib.loads(text)
-    import yaml
-
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the config file must be a mapping of settings")
-    return data

@@ -1,0 +1,137 @@
+"""The CLI's fast path: `costwatch.sources` finds the daemon exactly as `DaemonSettings` would,
+and `costwatch kill` / `resume` / `status` against a running daemon import neither pydantic,
+duckdb nor httpx (they are on the kill switch's critical path)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from costwatch.cli import default_routes, default_services
+from costwatch.daemon.server import RunningDaemon, start_in_thread
+from costwatch.settings import DaemonSettings
+from costwatch.sources import DaemonEndpoint, SettingError, daemon_endpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _via_settings(**flags: object) -> DaemonEndpoint:
+    settings = DaemonSettings(**{k: v for k, v in flags.items() if v is not None})
+    return DaemonEndpoint.of(settings.host, settings.port, settings.token, settings.state_dir)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for key in list(os.environ):
+        if key.upper().startswith("COSTWATCH_"):
+            monkeypatch.delenv(key)
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("COSTWATCH_STATE_DIR", str(state))
+    return state
+
+
+@pytest.mark.parametrize(
+    ("env", "config", "flags"),
+    [
+        ({}, None, {}),
+        ({"COSTWATCH_PORT": "7801", "COSTWATCH_HOST": "127.0.0.2"}, None, {}),
+        ({"costwatch_port": "7802"}, None, {}),  # any case, as pydantic-settings reads it
+        ({"COSTWATCH_PORT": "7803"}, "port = 7900\nhost = '::1'\n", {}),  # env beats the file
+        ({}, "port = 7900\nhost = '0.0.0.0'\ntoken = 'from-file'\n", {}),  # wildcard -> loopback
+        ({"COSTWATCH_TOKEN": "from-env"}, "port = 7900\n", {"port": 7904, "host": "::"}),  # flags win
+        ({}, "port: 7905\nhost: localhost\n", {}),  # YAML
+    ],
+)
+def test_endpoint_matches_daemon_settings(
+    clean_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    config: str | None,
+    flags: dict[str, object],
+) -> None:
+    (clean_env / "token").write_text("token-on-disk\n")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if config is not None:
+        suffix = ".toml" if "=" in config else ".yaml"
+        path = clean_env / f"cw{suffix}"
+        path.write_text(config)
+        monkeypatch.setenv("COSTWATCH_CONFIG", str(path))
+    fast = daemon_endpoint(flags.get("host"), flags.get("port"))  # type: ignore[arg-type]
+    assert fast == _via_settings(**flags)
+    assert fast.token in ("token-on-disk", "from-file", "from-env")
+
+
+@pytest.mark.parametrize("port", ["abc", "70000", "-1"])
+def test_bad_port_is_a_setting_error(clean_env: Path, monkeypatch: pytest.MonkeyPatch, port: str) -> None:
+    monkeypatch.setenv("COSTWATCH_PORT", port)
+    with pytest.raises(SettingError) as info:
+        daemon_endpoint()
+    assert info.value.field == "port"
+    with pytest.raises(ValueError):  # pydantic refuses the same values
+        DaemonSettings()
+
+
+def _imported_modules(env: dict[str, str], *args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    code = (
+        "import sys\nfrom costwatch.cli import main\n"
+        "try:\n    main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n"
+        "    print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+        "    raise\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    line = next(x for x in result.stderr.splitlines() if x.startswith("MODULES "))
+    return set(line.split()[1:]), result
+
+
+HEAVY = ("pydantic", "pydantic_settings", "duckdb", "httpx", "httpx2", "costwatch.instrumentation")
+
+
+@pytest.fixture
+def full_daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
+    """The daemon as `costwatch daemon` builds it: every service and route (status reads /v1/budgets)."""
+    settings = DaemonSettings(state_dir=tmp_path, port=0, host="127.0.0.1", rules=tmp_path / "no-rules")
+    daemon = start_in_thread(settings, default_services(settings), default_routes())
+    yield daemon
+    daemon.stop()
+
+
+def test_kill_resume_status_stay_light(full_daemon: RunningDaemon, tmp_path: Path) -> None:
+    daemon = full_daemon
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("COSTWATCH_")}
+    env.update(COSTWATCH_STATE_DIR=str(tmp_path), COSTWATCH_PORT=str(daemon.port), PYTHONPATH=str(ROOT))
+    engaged_during: list[list[object]] = []
+    for args in (
+        ("kill", "--scope", "app=svc", "--reason", "light"),
+        ("status",),
+        ("resume", "--scope", "app=svc"),
+    ):
+        modules, result = _imported_modules(env, *args)
+        assert result.returncode == 0, result.stderr
+        assert "costwatch.cli" in modules  # the probe really saw the run
+        assert not [m for m in HEAVY if m in modules], (args, [m for m in HEAVY if m in modules])
+        engaged_during.append(_engaged(daemon))
+    # The light path really talked to the daemon: engaged by kill, still so at status, lifted by resume.
+    assert engaged_during[0] == [{"app": "svc"}] and engaged_during[1] == [{"app": "svc"}]
+    assert engaged_during[2] == []
+
+
+def _engaged(daemon: RunningDaemon) -> list[object]:
+    import httpx
+
+    response = httpx.get(
+        f"{daemon.url}/v1/killswitch",
+        headers={"Authorization": f"Bearer {daemon.token}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return [entry["scope"] for entry in response.json()["engaged"]]
