@@ -163,17 +163,10 @@ if hasattr(os, "register_at_fork"):
 
 def new_event_id(now: float | None = None) -> str:
     """A UUIDv7 string: time-ordered (good for DuckDB zone maps) and unique across processes."""
-    ms = int((time.time() if now is None else now) * 1000)
-    rand = _id_bits(74)  # 12 bits rand_a + 62 bits rand_b
-    value = (
-        (ms & 0xFFFFFFFFFFFF) << 80
-        | 0x7 << 76
-        | (rand >> 62) << 64
-        | 0b10 << 62
-        | (rand & 0x3FFFFFFFFFFFFFFF)
-    )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    ms = int((time.time() if now is None else now) * 1000) & 0xFFFFFFFFFFFF
+    rand = _id_bits(74)  # 12 bits rand_a, then 62 bits rand_b (14 + 48)
+    variant = 0x8000 | ((rand >> 48) & 0x3FFF)  # variant 0b10, then 14 bits of rand_b
+    return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{rand >> 62:03x}-{variant:04x}-{rand & 0xFFFFFFFFFFFF:012x}"
 
 
 def local_host() -> str:

@@ -82,6 +82,67 @@ def _has_usage(raw: str) -> bool:
     return '"usage":null' not in raw and '"usage": null' not in raw
 
 
+def _chunk_has_usage(chunk: bytes) -> bool:
+    """`_has_usage` on raw bytes."""
+    if b'"usage"' not in chunk:
+        return False
+    return b'"usage":null' not in chunk and b'"usage": null' not in chunk
+
+
+def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | None:
+    """The usual chat stream at byte level, or None to take the general path (`scan_stream`).
+
+    Usual: every chunk is one ``data:`` event ending in a blank line and the last is
+    ``[DONE]``. Only the first events up to the first content (TTFT, model) and the
+    usage event are decoded; the generated-character count, which only feeds
+    estimates of unfinished streams, is not needed for a finished one.
+    """
+    if api == RESPONSES or not chunks or chunks[-1][0] != b"data: [DONE]\n\n":
+        return None
+    for chunk, _ in chunks:
+        if chunk[:6] != b"data: " or chunk.find(b"\n\n") != len(chunk) - 2 or b"\r" in chunk:
+            return None
+    usage: Usage | None = None
+    model: str | None = None
+    first_t: float | None = None
+    end = len(chunks) - 1
+    for i in range(end - 1, -1, -1):  # the usage event is one of the last
+        chunk = chunks[i][0]
+        if _chunk_has_usage(chunk):
+            data = _load(chunk[6:-2])
+            if isinstance(data, dict) and data.get("usage"):
+                usage = normalize_usage(api, data["usage"])
+                model = data["model"] if isinstance(data.get("model"), str) else None
+                break
+    for chunk, t in chunks[:end]:
+        data = _load(chunk[6:-2])
+        if not isinstance(data, dict):
+            continue
+        if model is None and isinstance(data.get("model"), str):
+            model = data["model"]
+        if _has_content(api, data):
+            first_t = t
+            break
+    if first_t is None and usage is not None and usage.output_tokens:
+        return None  # output but no content event recognised here: let the general path look
+    return StreamFacts(usage, usage is not None, model, first_t, 0, True)
+
+
+def _has_content(api: str, data: dict[str, Any]) -> bool:
+    choices = data.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return False
+    choice = choices[0]
+    if api == COMPLETIONS:
+        text = choice.get("text")
+        return isinstance(text, str) and bool(text)
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return False
+    text = delta.get("content")
+    return bool(delta.get("tool_calls")) or (isinstance(text, str) and bool(text))
+
+
 def scan_stream(api: str, events: Iterable[SSEvent]) -> StreamFacts:
     if api == RESPONSES:
         return _scan_responses(events)

@@ -20,6 +20,7 @@ in `costwatch.events`, and ``user`` / tag values pass through `scrub()`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -60,12 +61,41 @@ _decode = msgspec.json.decode
 _DecodeError = (msgspec.DecodeError, ValueError)
 
 
+class _RequestFields(msgspec.Struct):
+    """The request-body members an event needs; msgspec skips the rest (the prompt) unparsed."""
+
+    model: Any = None
+    user: Any = None
+    stream: Any = None
+    metadata: Any = None
+
+
+class _ResponseFields(msgspec.Struct):
+    """The response-body members an event needs; the generated text is skipped unparsed."""
+
+    model: Any = None
+    usage: Any = None
+
+
+_request_decoder = msgspec.json.Decoder(_RequestFields)
+_response_decoder = msgspec.json.Decoder(_ResponseFields)
+_NO_REQUEST = _RequestFields()
+_FieldsError = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
+
+
 def scrub(value: str | None, limit: int = 256) -> str | None:
     """Replace API-key-looking and card-number-looking substrings; cap the length."""
     if value is None:
         return None
+    if type(value) is str and len(value) <= 256:
+        return _scrub_short(value)[:limit]  # model names and users repeat: cached
     value = _CARD.sub("[card]", _SECRET.sub("sk-[redacted]", str(value)))
     return value[:limit]
+
+
+@functools.lru_cache(maxsize=4096)
+def _scrub_short(value: str) -> str:
+    return _CARD.sub("[card]", _SECRET.sub("sk-[redacted]", value))
 
 
 class Guard:
@@ -94,9 +124,10 @@ class CallId:
     def __init__(self) -> None:
         self.value: str | None = None
 
-    def get(self, now: float, idempotency_key: str | None = None) -> str:
+    def get(self, first_event_id: str, idempotency_key: str | None = None) -> str:
+        """The call's id: its Idempotency-Key, else the id of its first attempt's event."""
         if self.value is None:
-            self.value = idempotency_key[:64] if idempotency_key else new_event_id(now)
+            self.value = idempotency_key[:64] if idempotency_key else first_event_id
         return self.value
 
 
@@ -206,19 +237,19 @@ class CallRecord:
     # ---- emitter thread --------------------------------------------------------------------
 
     def to_event(self) -> UsageEvent | None:
-        req = _json(_request_body(self.request))
+        req = _request_fields(_request_body(self.request))
         endpoint = self.endpoint
-        path = self.request.url.path
-        request_model = _str(req.get("model"))
+        request = self.request
+        request_model = _str(req.model)
         if request_model is None and endpoint.provider == AZURE_OPENAI:
-            request_model = azure_deployment(path)
+            request_model = azure_deployment(request.url.path)
         status: int | None = None
         error_class: str | None = None
         usage: Usage | None = None
         usage_source = "missing"
         response_model: str | None = None
         ttft_ms: float | None = None
-        headers: Any = None
+        header_values: dict[str, bytes] = {}
         sse = False
 
         if self.blocked:
@@ -227,11 +258,11 @@ class CallRecord:
             response = self.response
             if response is not None:
                 status = response.status_code if 100 <= response.status_code <= 599 else None
-                headers = response.headers
+                header_values = _wanted_headers(response.headers, endpoint.provider == ANTHROPIC)
                 error_class = classify_status(status) if status is not None else "other"
             if self.exc_type is not None:
                 error_class = classify_exception(self.exc_type)
-            sse = self.stream and _is_sse(headers)
+            sse = self.stream and response is not None and _is_sse(header_values.get("content-type"))
             if response is not None and status is not None and status < 400:
                 if sse:
                     facts = self._scan_stream()
@@ -242,7 +273,7 @@ class CallRecord:
                     if facts.usage_final and _complete(usage):
                         usage_source = "provider"
                     elif not facts.terminal:  # abandoned by the app or broken: estimate
-                        usage, usage_source = _estimate(req, facts, usage)
+                        usage, usage_source = _estimate(_json(_request_body(request)), facts, usage)
                     else:  # complete, but the provider sent no usage
                         usage = None
                 elif self.exc_type is None:  # JSON (also read through send(stream=True), e.g. raw clients)
@@ -255,67 +286,124 @@ class CallRecord:
         attribution = self.attribution
         user = attribution.user if attribution is not None else None
         if user is None:
-            user = _str(req.get("user")) or _str(_dict(req.get("metadata")).get("user_id"))
+            user = _str(req.user) or (
+                _str(req.metadata.get("user_id")) if type(req.metadata) is dict else None
+            )
         tags = (
             {scrub(k, 128) or "": scrub(v, 512) or "" for k, v in list(attribution.tags.items())[:32]}
-            if attribution is not None
+            if attribution is not None and attribution.tags
             else {}
         )
-        ts_end = self.wall0 + max(0.0, self.t1 - self.t0)
-        fields: dict[str, Any] = {
-            "id": new_event_id(self.wall0),
-            "call_id": self.call.get(self.wall0, self.request.headers.get("idempotency-key")),
-            "ts_start": self.wall0,
-            "ts_end": ts_end,
-            "provider": endpoint.provider,
-            "operation": endpoint.api,
-            "app": self.app,
-            "host": _HOST,
-            "pid": os.getpid(),
-            "server_address": _server_address(self.request.url)[:256],
-            "request_model": scrub(request_model),
-            "response_model": scrub(response_model),
-            "model": scrub(response_model or request_model),
-            "stream": req.get("stream") is True or sse,  # asked for a stream, or got one
-            "http_status": status,
-            "error_class": error_class,
-            "usage_source": usage_source,
-            "latency_ms": _millis(self.t1 - self.t0),  # streams: until the stream ended
-            "ttft_ms": ttft_ms,
-            "retry_attempt": _retry(self.retry),
-            "user": scrub(user),
-            "tags": tags,
-            "blocked": self.blocked,
-            "block_reason": self.block_reason[:1024] if self.block_reason else None,
-        }
-        if usage is not None:
-            fields.update(usage._asdict())
-        if headers is not None:
-            fields.update(_ratelimits(headers, endpoint.provider == ANTHROPIC))
+        wall0 = self.wall0
+        event_id = new_event_id(wall0)
+        call = self.call
+        call_id = call.value or call.get(event_id, request.headers.get("idempotency-key"))
+        response_model = scrub(response_model)
+        request_model = scrub(request_model)
+        if usage is None:
+            usage = _NO_USAGE
+        ratelimits = _ratelimits(header_values) if header_values else _NO_RATELIMITS
+        event = UsageEvent(
+            id=event_id,
+            call_id=call_id,
+            ts_start=wall0,
+            ts_end=wall0 + max(0.0, self.t1 - self.t0),
+            provider=endpoint.provider,
+            operation=endpoint.api,
+            app=self.app,
+            host=_HOST,
+            pid=_pid_value,
+            server_address=_server_address(request.url)[:256],
+            request_model=request_model,
+            response_model=response_model,
+            model=response_model or request_model,
+            stream=req.stream is True or sse,  # asked for a stream, or got one
+            http_status=status,
+            error_class=error_class,  # type: ignore[arg-type]
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_source=usage_source,  # type: ignore[arg-type]
+            latency_ms=_millis(self.t1 - self.t0),  # streams: until the stream ended
+            ttft_ms=ttft_ms,
+            retry_attempt=_retry(self.retry),
+            user=scrub(user),
+            tags=tags,
+            blocked=self.blocked,
+            block_reason=self.block_reason[:1024] if self.block_reason else None,
+            ratelimit_remaining_requests=ratelimits[0],
+            ratelimit_remaining_tokens=ratelimits[1],
+            ratelimit_limit_requests=ratelimits[2],
+            ratelimit_limit_tokens=ratelimits[3],
+        )
         if spans.enabled():
-            ids = spans.emit(fields, self.otel_context, self.wall0)
+            ids = spans.emit(msgspec.structs.asdict(event), self.otel_context, wall0)
             if ids is not None:
-                fields["trace_id"], fields["span_id"] = ids
-        return UsageEvent(**fields)
+                event.trace_id, event.span_id = ids
+        return event
 
     def _parse_body(self, response: Any) -> tuple[Usage | None, str | None]:
         if self.stream:  # bytes came through the stream proxy; a truncated body is not parsed
             data = b"" if self.truncated else b"".join(c for c, _ in self.chunks_head)
         else:
             data = response.content
-        body = _json(data)
+        body = _response_fields(data)
+        if body is None:
+            return None, None
         if self.endpoint.api == MESSAGES:
             return anthropic_usage.from_body(body)
         return openai_usage.from_body(self.endpoint.api, body)
 
     def _scan_stream(self) -> StreamFacts:
+        api = self.endpoint.api
+        if api != MESSAGES and self.chunks_tail is None:
+            facts = openai_usage.scan_chunks(api, self.chunks_head)  # the usual stream, at byte level
+            if facts is not None:
+                return facts
         if self.truncated and self.chunks_tail is not None:
             events = [*iter_events(self.chunks_head), *iter_events(self.chunks_tail)]
         else:
             events = list(iter_events([*self.chunks_head, *(self.chunks_tail or ())]))
-        if self.endpoint.api == MESSAGES:
+        if api == MESSAGES:
             return anthropic_usage.scan_stream(events)
-        return openai_usage.scan_stream(self.endpoint.api, events)
+        return openai_usage.scan_stream(api, events)
+
+
+_NO_USAGE = Usage(None, None, None, None, None)
+
+
+def _request_fields(data: bytes) -> _RequestFields:
+    if not data:
+        return _NO_REQUEST
+    try:
+        return _request_decoder.decode(data)
+    except _FieldsError:  # not JSON, or not an object
+        return _NO_REQUEST
+
+
+def _response_fields(data: bytes) -> dict[str, Any] | None:
+    """``{"model", "usage"}`` of a JSON object body (the rest is skipped), or None."""
+    if not data:
+        return None
+    try:
+        body = _response_decoder.decode(data)
+    except _FieldsError:
+        return None
+    return {"model": body.model, "usage": body.usage}
+
+
+_pid_value = os.getpid()
+
+
+def _reset_pid() -> None:
+    global _pid_value
+    _pid_value = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pid)
 
 
 def classify_exception(exc_type: type) -> str:
@@ -362,36 +450,56 @@ _RATELIMIT_HEADERS = {
         b"x-ratelimit-limit-tokens": "ratelimit_limit_tokens",
     },
 }
+# Response headers an event reads, by lower-case name: the rate-limit ones and content-type.
+_WANTED_HEADERS = {
+    anthropic: {**names, b"content-type": "content-type"} for anthropic, names in _RATELIMIT_HEADERS.items()
+}
+_REPEATED = b""  # marks a header sent twice (joined "a, b" it is not a number)
 
 
-def _ratelimits(headers: Any, anthropic: bool) -> dict[str, int]:
+def _wanted_headers(headers: Any, anthropic: bool) -> dict[str, bytes]:
     """One pass over the raw header list (no case-insensitive lookup per name)."""
-    names = _RATELIMIT_HEADERS[anthropic]
-    raw = getattr(headers, "raw", None)
-    if raw is None:  # not an httpx(2) Headers: per-name lookups
-        found = {}
-        for header, field in names.items():
+    wanted = _WANTED_HEADERS[anthropic]
+    found: dict[str, bytes] = {}
+    items = getattr(headers, "_list", None)  # httpx(2): (raw key, lower-case key, value) triples
+    if type(items) is list and (not items or len(items[0]) == 3):
+        pairs: Any = ((lower, value) for _, lower, value in items)
+    elif getattr(headers, "raw", None) is not None:
+        pairs = ((key.lower(), value) for key, value in headers.raw)
+    else:  # not an httpx(2) Headers: per-name lookups
+        for header, field in wanted.items():
             value = headers.get(header.decode())
             if value is not None:
                 found[field] = value.encode() if isinstance(value, str) else value
-    else:
-        found = {}
-        seen = set()
-        for key, value in raw:
-            field = names.get(key.lower())
-            if field is None:
-                continue
-            if field in seen:  # repeated: joined by a lookup into "a, b", which is not a number
-                found.pop(field, None)
-                continue
-            seen.add(field)
+        return found
+    for key, value in pairs:
+        field = wanted.get(key)
+        if field is not None and field not in found:
             found[field] = value
-    out = {}
-    for field, value in found.items():
-        value = value.strip()
-        if value.isdigit():
-            out[field] = min(int(value), 10**12)
-    return out
+        elif field is not None and field != "content-type":
+            found[field] = _REPEATED
+    return found
+
+
+_RATELIMIT_FIELDS = (
+    "ratelimit_remaining_requests",
+    "ratelimit_remaining_tokens",
+    "ratelimit_limit_requests",
+    "ratelimit_limit_tokens",
+)
+_NO_RATELIMITS: tuple[int | None, ...] = (None, None, None, None)
+
+
+def _ratelimits(header_values: dict[str, bytes]) -> tuple[int | None, ...]:
+    """The four rate-limit counts in `_RATELIMIT_FIELDS` order (None: absent, repeated or not a count)."""
+    return tuple(_count(header_values.get(field)) for field in _RATELIMIT_FIELDS)
+
+
+def _count(value: bytes | None) -> int | None:
+    if not value:
+        return None
+    value = value.strip()
+    return min(int(value), 10**12) if value.isdigit() else None
 
 
 def _request_body(request: Any) -> bytes:
@@ -415,16 +523,9 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _dict(value: object) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _is_sse(headers: Any) -> bool:
+def _is_sse(content_type: bytes | None) -> bool:
     """An event-stream answer (JSON and error answers are not; no content-type is taken as one)."""
-    if headers is None:
-        return False
-    content_type = headers.get("content-type")
-    return not content_type or "text/event-stream" in content_type
+    return not content_type or b"text/event-stream" in content_type.lower()
 
 
 def _millis(seconds: float) -> float:

@@ -174,3 +174,19 @@ def test_usage_filter_crlf_and_oversized_events() -> None:
     big = UsageChunkFilter()
     blob = b"data: " + b"x" * (UsageChunkFilter.MAX_PENDING + 10)
     assert big.feed(blob) == blob and big.tail() == b""
+
+
+def test_event_ids_are_time_ordered_uuid7() -> None:
+    import uuid
+
+    from costwatch.events import new_event_id
+
+    start_ms = 1_767_322_800_123
+    ids = [new_event_id((start_ms + i + 0.5) / 1000) for i in range(2_000)]  # mid-millisecond
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)  # one id per millisecond here: the 48-bit time prefix orders them
+    for i, value in enumerate(ids[:50]):
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert parsed.int >> 80 == start_ms + i  # unix_ts_ms, RFC 9562

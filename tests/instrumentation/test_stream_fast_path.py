@@ -1,0 +1,91 @@
+"""The byte-level scan of a usual chat stream (`scan_chunks`) finds what the general SSE scan finds.
+
+`scan_chunks` decodes only the first events (up to the first content) and the usage
+event; whenever the stream is not the usual shape it must say so (None) so the
+general path runs instead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from costwatch.instrumentation import openai as openai_usage
+from costwatch.instrumentation.sse import iter_events
+from tests.fakes.provider import FIXTURES
+
+CHAT_FIXTURES = sorted(p.name for p in FIXTURES.glob("openai_chat_stream_*.sse"))
+
+
+def _one_event_per_chunk(raw: bytes) -> list[tuple[bytes, float]]:
+    blocks = [b + b"\n\n" for b in raw.split(b"\n\n") if b.strip()]
+    return [(block, float(i)) for i, block in enumerate(blocks)]
+
+
+def _general(api: str, chunks: list[tuple[bytes, float]]) -> tuple[object, ...]:
+    facts = openai_usage.scan_stream(api, list(iter_events(chunks)))
+    return facts.usage, facts.usage_final, facts.response_model, facts.first_content_t, facts.terminal
+
+
+def _fast(api: str, chunks: list[tuple[bytes, float]]) -> tuple[object, ...] | None:
+    facts = openai_usage.scan_chunks(api, chunks)
+    if facts is None:
+        return None
+    return facts.usage, facts.usage_final, facts.response_model, facts.first_content_t, facts.terminal
+
+
+@pytest.mark.parametrize("name", CHAT_FIXTURES)
+def test_fixture_streams_agree(name: str) -> None:
+    chunks = _one_event_per_chunk((FIXTURES / name).read_bytes())
+    assert chunks[-1][0] == b"data: [DONE]\n\n"
+    fast = _fast("chat", chunks)
+    assert fast is not None, "a usual stream must take the fast path"
+    assert fast == _general("chat", chunks)
+
+
+def _chunk(delta: dict[str, object] | None, usage: dict[str, int] | None = None) -> bytes:
+    body: dict[str, object] = {"id": "c", "model": "gpt-4o-mini-2024-07-18", "usage": usage}
+    body["choices"] = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": None}]
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_generated_streams_agree(seed: int) -> None:
+    rng = random.Random(seed)
+    deltas: list[dict[str, object]] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": ""} for _ in range(rng.randrange(3))]  # empty content is not a token
+    kind = rng.choice(["text", "tool", "none"])
+    if kind == "tool":
+        deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})
+    for _ in range(rng.randrange(1 if kind == "text" else 0, 8)):
+        deltas.append({"content": rng.choice(["Hi", " there", "✓", '"quoted"'])})
+    raw = [_chunk(d) for d in deltas]
+    with_usage = rng.random() < 0.8
+    if with_usage:
+        usage = {
+            "prompt_tokens": rng.randrange(1, 99),
+            "completion_tokens": rng.randrange(0, 99),
+            "total_tokens": 0,
+        }
+        raw.append(_chunk(None, usage))
+    raw.append(b"data: [DONE]\n\n")
+    chunks = [(c, float(i)) for i, c in enumerate(raw)]
+    fast = _fast("chat", chunks)
+    general = _general("chat", chunks)
+    if fast is None:  # allowed only where the fast path cannot tell TTFT from bytes
+        assert kind == "none" and with_usage
+    else:
+        assert fast == general
+
+
+def test_unusual_shapes_fall_back() -> None:
+    raw = (FIXTURES / CHAT_FIXTURES[0]).read_bytes()
+    chunks = _one_event_per_chunk(raw)
+    merged = [(chunks[0][0] + chunks[1][0], 0.0), *chunks[2:]]  # two events in one chunk
+    assert _fast("chat", merged) is None
+    assert _fast("chat", chunks[:-1]) is None  # no [DONE]: unfinished, the general path estimates
+    crlf = [(c.replace(b"\n", b"\r\n"), t) for c, t in chunks]
+    assert _fast("chat", crlf) is None
+    assert _fast("responses", chunks) is None
