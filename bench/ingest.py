@@ -53,19 +53,18 @@ class RssSampler:
 
 def ceiling(tables: list[Any], workdir: Path, tag: str) -> float:
     """Events/s of register + INSERT … SELECT + COMMIT per pre-built Arrow batch into a fresh file."""
-    from costwatch.daemon.store import ALL_COLUMNS, open_database
+    from costwatch.daemon.store import INSERT_BATCH, open_database
 
     path = workdir / f"ceiling-{tag}.duckdb"
     con = open_database(path)
     cur = con.cursor()
     n = sum(t.num_rows for t in tables)
-    cols = ", ".join(ALL_COLUMNS)
     started = time.perf_counter()
     for table in tables:
         cur.execute("BEGIN")
-        cur.register("_b", table)
-        cur.execute(f"INSERT INTO usage_events ({cols}) SELECT * FROM _b")
-        cur.unregister("_b")
+        cur.register("_cw_batch", table)
+        cur.execute(INSERT_BATCH)  # the writer's own statement (it also computes the `day` column)
+        cur.unregister("_cw_batch")
         cur.execute("COMMIT")
     elapsed = time.perf_counter() - started
     rows = con.execute("SELECT count(*) FROM usage_events").fetchone()[0]
@@ -119,16 +118,17 @@ def e2e(daemon: Any, mode: str, per_proc: int, t0: float, seed: int) -> dict[str
 
 
 def run(quick: bool, log: Any = print) -> dict[str, Any]:
-    from costwatch.daemon.store import events_to_arrow
+    from costwatch.daemon.store import batch_table
+    from costwatch.pricing import Pricer
 
     rounds = 2 if quick else 3
     per_proc = 25_000 if quick else 100_000
     ceiling_events = 100_000 if quick else 500_000
     log(f"ingest: building {ceiling_events:,} events for the ceiling")
     events = make_events(ceiling_events, 1_760_000_000.0, 1)
+    pricer = Pricer()
     tables = {
-        size: [events_to_arrow(events[i : i + size], [None] * len(events[i : i + size]), time.time())
-               for i in range(0, len(events), size)]
+        size: [batch_table(events[i : i + size], pricer, time.time()) for i in range(0, len(events), size)]
         for size in (10_000, 2_000)
     }  # fmt: skip
     del events

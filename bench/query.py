@@ -28,6 +28,11 @@ QUERIES = {
         "SELECT CAST(ts_start AS DATE) AS day, sum(cost_usd) AS cost_usd FROM usage_events"
         " WHERE ts_start >= now() - INTERVAL 30 DAY GROUP BY day ORDER BY day"
     ),
+    # the same figure from the `day` column the writer stores (calendar day in the daemon's timezone)
+    "daily_spend_30d_stored_day": (
+        "SELECT day, sum(cost_usd) AS cost_usd FROM usage_events"
+        " WHERE ts_start >= now() - INTERVAL 30 DAY GROUP BY day ORDER BY day"
+    ),
     # the same figure without the per-row time-zone conversion of TIMESTAMPTZ → DATE (UTC days)
     "daily_spend_30d_epoch": (
         "SELECT to_timestamp(floor(epoch(ts_start) / 86400) * 86400) AS day, sum(cost_usd) AS cost_usd"
@@ -42,7 +47,13 @@ QUERIES = {
         " WHERE ts_start >= date_trunc('month', now()) GROUP BY \"user\" ORDER BY cost_usd DESC LIMIT 10"
     ),
 }
-SPEND_QUERIES = ("month_spend_by_model", "daily_spend_30d", "daily_spend_30d_epoch", "top10_users_month")
+SPEND_QUERIES = (
+    "month_spend_by_model",
+    "daily_spend_30d",
+    "daily_spend_30d_stored_day",
+    "daily_spend_30d_epoch",
+    "top10_users_month",
+)
 TARGET_MS = 50.0
 
 _MODELS = "['gpt-4o-mini','gpt-4o','gpt-4.1','o3-mini','text-embedding-3-small','claude-sonnet-4-20250514','claude-3-5-haiku-20241022','claude-opus-4-20250514']"
@@ -106,6 +117,7 @@ def generate(path: Path, n: int, days: float = 60.0) -> float:
         "price_source": "CASE WHEN err THEN NULL ELSE 'genai-prices' END",
         "price_version": "CASE WHEN err THEN NULL ELSE 'genai-prices 0.2.3' END",
         "ingested_at": f"to_timestamp({start} + i * {days * 86_400 / n} + 0.2)",
+        "day": f"CAST(to_timestamp({start} + i * {days * 86_400 / n}) AS DATE)",  # as the writer stores it
     }
     missing = set(ALL_COLUMNS) - set(exprs)
     assert not missing, f"the generator misses columns {missing}"

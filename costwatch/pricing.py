@@ -17,6 +17,11 @@ its tokens. A per-request fee (Perplexity) is added to the total. A test
 sweeps every model genai-prices ships and checks the fast path against
 ``calc_price`` to the last digit.
 
+The daemon prices a whole commit at once (`Pricer.price_table`): rates are
+resolved once per distinct (provider, model) in the batch and applied with
+Arrow compute in the same order of float operations as `_apply`, so every
+cost is bit-for-bit what `Pricer.price` returns for the event (a test checks).
+
 Unknown model, a model without any token price (genai-prices would say $0),
 or missing usage -> no price (NULL), never a guess. Not modelled: service-tier
 and batch price variants (the event does not carry the tier), the 1-hour
@@ -32,10 +37,13 @@ from decimal import Decimal
 from importlib.metadata import version as _dist_version
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from costwatch.events import UsageEvent
 from costwatch.settings import PriceOverride
 
-__all__ = ["GENAI_PRICES_VERSION", "Price", "Pricer", "event_model"]
+__all__ = ["GENAI_PRICES_VERSION", "PRICE_COLUMNS", "Price", "Pricer", "event_model", "event_model_column"]
 
 GENAI_PRICES_VERSION = f"genai-prices {_dist_version('genai-prices')}"
 _MTOK = 1_000_000.0
@@ -69,6 +77,29 @@ class _Rates:
 def event_model(event: UsageEvent) -> str | None:
     """The model that served the call (falls back to the response, then the request model)."""
     return event.model or event.response_model or event.request_model
+
+
+def _nonempty(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Empty strings as null: ``event_model`` skips falsy names, not only None."""
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+
+
+def event_model_column(table: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """`event_model` for every row of a table with the event columns (null where it is None)."""
+    return pc.coalesce(
+        _nonempty(table["model"]), _nonempty(table["response_model"]), _nonempty(table["request_model"])
+    )
+
+
+# What `price_table` returns, in `usage_events` column order.
+PRICE_COLUMNS: dict[str, pa.DataType] = {
+    "cost_usd": pa.float64(),
+    "input_cost_usd": pa.float64(),
+    "output_cost_usd": pa.float64(),
+    "priced": pa.bool_(),
+    "price_source": pa.string(),
+    "price_version": pa.string(),
+}
 
 
 def _rate(value: Any) -> Rate | None:
@@ -116,19 +147,101 @@ class Pricer:
             return None
         if event.input_tokens is None and event.output_tokens is None:
             return None
-        rates = self._overrides.get((event.provider, model)) or self._overrides.get((None, model))
+        rates = self._rates(event.provider, model)
         if rates is None:
-            key = (event.provider, model)
-            cached = self._cache.get(key, _MISSING)
-            if cached is _MISSING:
-                with self._lock:
-                    cached = self._cache[key] = _resolve(event.provider, model)
-            if cached is None:
-                return None
-            if cached == "conditional":
-                return _calc_exact(event, model)
-            rates = cached  # type: ignore[assignment]
+            return None
+        if rates == "conditional":
+            return _calc_exact(event, model)
         return _apply(rates, event)  # type: ignore[arg-type]
+
+    def _rates(self, provider: str, model: str) -> _Rates | str | None:
+        rates = self._overrides.get((provider, model)) or self._overrides.get((None, model))
+        if rates is not None:
+            return rates
+        key = (provider, model)
+        cached = self._cache.get(key, _MISSING)
+        if cached is _MISSING:
+            with self._lock:
+                cached = self._cache[key] = _resolve(provider, model)
+        return cached  # type: ignore[return-value]
+
+    def price_table(self, table: pa.Table) -> dict[str, pa.Array]:
+        """`price` for every row of an Arrow table with the event columns, as `PRICE_COLUMNS` arrays.
+
+        Rates are looked up once per distinct (provider, model); the arithmetic is
+        `_apply`'s, vectorised, with the same operand order (so the same floats).
+        Rows of time-dependent ("conditional") models go through `price` one by one.
+        """
+        n = table.num_rows
+        model = event_model_column(table)
+        eligible = pc.and_kleene(
+            pc.is_valid(model),
+            pc.and_kleene(
+                pc.not_equal(table["usage_source"], "missing"),
+                pc.or_kleene(pc.is_valid(table["input_tokens"]), pc.is_valid(table["output_tokens"])),
+            ),
+        )
+        # One integer key per (provider, model): dictionary codes combined, no string building.
+        prov = pc.dictionary_encode(_combine(table["provider"]))
+        mod = pc.dictionary_encode(_combine(model))
+        width = max(len(mod.dictionary), 1)
+        code = pc.add(
+            pc.multiply(prov.indices.cast(pa.int64()), width), mod.indices.cast(pa.int64())
+        )  # null where the model is null
+        code = pc.if_else(eligible, code, pa.scalar(None, pa.int64()))
+        keys = pc.unique(code.drop_null()).to_pylist()
+        providers = prov.dictionary.to_pylist()
+        models = mod.dictionary.to_pylist()
+        per_key: list[_Rates | None] = []
+        conditional: list[int] = []
+        for k in keys:
+            rates = self._rates(providers[k // width], models[k % width])
+            if rates == "conditional":
+                conditional.append(k)
+                per_key.append(None)
+            else:
+                per_key.append(rates)  # type: ignore[arg-type]
+        slot = pc.index_in(code, value_set=pa.array(keys, pa.int64()))  # row -> index into keys
+        known = pa.array([r is not None for r in per_key], pa.bool_())
+        priced = (
+            pc.fill_null(pc.take(known, slot), False) if keys else pa.nulls(n, pa.bool_()).fill_null(False)
+        )
+        columns = _apply_table(table, per_key, slot, priced) if keys else _unpriced(n)
+        if conditional:
+            columns = self._price_conditional(table, model, code, conditional, columns)
+        return columns
+
+    def _price_conditional(
+        self,
+        table: pa.Table,
+        model: pa.Array | pa.ChunkedArray,
+        code: pa.Array | pa.ChunkedArray,
+        keys: list[int],
+        columns: dict[str, pa.Array],
+    ) -> dict[str, pa.Array]:
+        """Rows whose price depends on the request time: `calc_price` per row (rare)."""
+        rows = pc.indices_nonzero(pc.fill_null(pc.is_in(code, value_set=pa.array(keys, pa.int64())), False))
+        lists = {name: col.to_pylist() for name, col in columns.items()}
+        sub = table.take(rows)
+        ts = pc.divide(sub["ts_start"].cast(pa.int64()), 1e6).to_pylist()
+        models = pc.take(model, rows).to_pylist()
+        for i, row in enumerate(rows.to_pylist()):
+            price = _calc_exact(_TokenView(sub, i, ts[i]), models[i])
+            values = (
+                (
+                    price.cost_usd,
+                    price.input_cost_usd,
+                    price.output_cost_usd,
+                    True,
+                    price.source,
+                    price.version,
+                )
+                if price is not None
+                else (None, None, None, False, None, None)
+            )
+            for name, value in zip(PRICE_COLUMNS, values, strict=True):
+                lists[name][row] = value
+        return {name: pa.array(lists[name], PRICE_COLUMNS[name]) for name in PRICE_COLUMNS}
 
     def is_known(self, provider: str, model: str) -> bool:
         """Whether `price` would find rates for this model (used by tests and the status page)."""
@@ -140,6 +253,81 @@ class Pricer:
 
 
 _MISSING = object()
+
+
+def _combine(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+class _TokenView:
+    """The fields `_calc_exact` reads, from one row of an Arrow table."""
+
+    def __init__(self, table: pa.Table, i: int, ts_start: float) -> None:
+        self.provider = table["provider"][i].as_py()
+        self.input_tokens = table["input_tokens"][i].as_py()
+        self.output_tokens = table["output_tokens"][i].as_py()
+        self.cached_input_tokens = table["cached_input_tokens"][i].as_py()
+        self.cache_write_tokens = table["cache_write_tokens"][i].as_py()
+        self.ts_start = ts_start
+
+
+def _unpriced(n: int) -> dict[str, pa.Array]:
+    out = {name: pa.nulls(n, t) for name, t in PRICE_COLUMNS.items()}
+    out["priced"] = pa.array([False] * n, pa.bool_())
+    return out
+
+
+def _rate_column(rates: list[_Rates | None], attr: str, slot: Any, total_in: Any) -> Any:
+    """Per-row USD/token for one rate kind, tiers resolved by the row's total input ("cliff")."""
+    base = [None if r is None else _base(getattr(r, attr)) for r in rates]
+    column = pc.take(pa.array(base, pa.float64()), slot)
+    for k, r in enumerate(rates):
+        rate = None if r is None else getattr(r, attr)
+        if isinstance(rate, tuple):
+            in_key = pc.equal(slot, k)
+            for start, tier_rate in rate[1]:  # later tiers win, as `_at` searches from the top
+                column = pc.if_else(pc.and_(in_key, pc.greater(total_in, start)), tier_rate, column)
+    return column
+
+
+def _base(rate: Rate) -> float:
+    return rate if isinstance(rate, float) else rate[0]
+
+
+def _apply_table(table: pa.Table, rates: list[_Rates | None], slot: Any, priced: Any) -> dict[str, pa.Array]:
+    """`_apply` on columns: the same operations in the same order, so the same floats."""
+    f64 = pa.float64()
+    total_in = pc.fill_null(table["input_tokens"], 0)
+    cached = pc.min_element_wise(pc.fill_null(table["cached_input_tokens"], 0), total_in)
+    written = pc.min_element_wise(pc.fill_null(table["cache_write_tokens"], 0), pc.subtract(total_in, cached))
+    uncached = pc.subtract(pc.subtract(total_in, cached), written)
+    out = pc.fill_null(table["output_tokens"], 0)
+    r_in, r_read, r_write, r_out = (
+        _rate_column(rates, attr, slot, total_in) for attr in ("input", "cache_read", "cache_write", "output")
+    )
+    per_request = pc.take(pa.array([None if r is None else r.per_request for r in rates], f64), slot)
+    input_cost = pc.add(
+        pc.add(pc.multiply(uncached.cast(f64), r_in), pc.multiply(cached.cast(f64), r_read)),
+        pc.multiply(written.cast(f64), r_write),
+    )
+    output_cost = pc.multiply(out.cast(f64), r_out)
+    total = pc.add(pc.add(input_cost, output_cost), per_request)
+    none_f = pa.scalar(None, f64)
+    none_s = pa.scalar(None, pa.string())
+    source = pc.take(pa.array([None if r is None else r.source for r in rates], pa.string()), slot)
+    version = pc.take(pa.array([None if r is None else r.version for r in rates], pa.string()), slot)
+    return {
+        "cost_usd": _flat(pc.if_else(priced, total, none_f)),
+        "input_cost_usd": _flat(pc.if_else(priced, input_cost, none_f)),
+        "output_cost_usd": _flat(pc.if_else(priced, output_cost, none_f)),
+        "priced": _flat(priced),
+        "price_source": _flat(pc.if_else(priced, source, none_s)),
+        "price_version": _flat(pc.if_else(priced, version, none_s)),
+    }
+
+
+def _flat(column: Any) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _apply(rates: _Rates, event: UsageEvent) -> Price:
@@ -190,7 +378,7 @@ def _resolve(provider: str, model: str) -> _Rates | str | None:
     )
 
 
-def _calc_exact(event: UsageEvent, model: str) -> Price | None:
+def _calc_exact(event: UsageEvent | _TokenView, model: str) -> Price | None:
     from genai_prices import Usage, calc_price
 
     usage = Usage(

@@ -19,7 +19,6 @@ from prometheus_client.registry import Collector
 
 from costwatch import __version__ as _version
 from costwatch.events import UsageEvent, status_class
-from costwatch.pricing import Price
 from costwatch.protocol import KillSwitchState
 
 __all__ = ["CONTENT_TYPE", "DaemonMetrics"]
@@ -143,7 +142,7 @@ class DaemonMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_commit(self, events: list[UsageEvent], prices: list[Price | None], seconds: float) -> None:
+    def observe_commit(self, events: list[UsageEvent], costs: list[float | None], seconds: float) -> None:
         """Count what was just committed (writer thread).
 
         Sums per label set first, then one ``inc`` per set: ~10x cheaper than
@@ -157,7 +156,7 @@ class DaemonMetrics:
         self.last_ingest.set(time.time())
         child = self._child
         groups: dict[tuple[Any, ...], list[Any]] = {}
-        for event, price in zip(events, prices, strict=True):
+        for event, cost in zip(events, costs, strict=True):
             model = event.model or event.response_model or event.request_model or "unknown"
             key = (event.provider, model, event.app, event.http_status, event.error_class)
             g = groups.get(key)
@@ -171,8 +170,8 @@ class DaemonMetrics:
             g[3] += event.cached_input_tokens or 0
             g[4] += event.cache_write_tokens or 0
             g[5] += event.reasoning_tokens or 0
-            if price is not None:
-                g[6] += price.cost_usd
+            if cost is not None:
+                g[6] += cost
                 g[7] = True
             elif event.usage_source != "missing" and (event.input_tokens or event.output_tokens):
                 g[8] += 1

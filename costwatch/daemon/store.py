@@ -2,9 +2,11 @@
 
 DuckDB allows one writing process per file and executemany runs ~2k rows/s, so
 one thread owns every write: it merges the batches that queued up while the
-previous commit ran, dedupes them by event id, prices them, inserts them as one
-registered Arrow table, commits, updates metrics, and only then resolves each
-request's future (a 2xx means "committed"). Reads use their own cursors.
+previous commit ran, dedupes them by event id, prices them (vectorised, once per
+distinct model: `Pricer.price_table`), inserts them as one registered Arrow table
+with the calendar `day` computed by DuckDB in the session time zone, commits,
+updates metrics, and only then resolves each request's future (a 2xx means
+"committed"). Reads use their own cursors.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from msgspec.structs import astuple
 
 from costwatch.daemon import schema
 from costwatch.events import UsageEvent
-from costwatch.pricing import Price, Pricer
+from costwatch.pricing import PRICE_COLUMNS, Price, Pricer
 
 __all__ = ["IngestResult", "Store", "open_database"]
 
@@ -44,8 +46,17 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "MAP(VARCHAR, VARCHAR)": pa.map_(pa.string(), pa.string()),
 }
 EVENT_COLUMNS: dict[str, str] = schema.event_columns()
-ALL_COLUMNS: list[str] = [*EVENT_COLUMNS, *schema.DAEMON_COLUMNS]
+ALL_COLUMNS: list[str] = list(schema.stored_columns())
+# What the writer's Arrow batch holds; `day` is computed by the INSERT itself.
+_BATCH_COLUMNS: list[str] = [*EVENT_COLUMNS, *schema.DAEMON_COLUMNS]
+assert list(schema.DAEMON_COLUMNS) == [*PRICE_COLUMNS, "ingested_at"]
+INSERT_BATCH = (
+    f"INSERT INTO usage_events ({', '.join(_BATCH_COLUMNS)}, day)"
+    " SELECT *, CAST(ts_start AS DATE) FROM _cw_batch"
+)
 _MERGE_MAX_EVENTS = 20_000  # a commit takes what queued meanwhile, up to this many events
+WAL_AUTOCHECKPOINT = "256MB"
+IDLE_CHECKPOINT_S = 2.0  # checkpoint once no ingest has arrived for this long
 _LOW_DISK_BYTES = 64 * 1024 * 1024
 
 
@@ -65,20 +76,23 @@ def open_database(
     """
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(
-        str(path),
-        read_only=read_only,
-        config={
-            "enable_external_access": False,
-            "memory_limit": memory_limit,
-            "threads": threads,
-        },
-    )
+    config: dict[str, Any] = {
+        "enable_external_access": False,
+        "memory_limit": memory_limit,
+        "threads": threads,
+    }
+    if not read_only:
+        # The writer checkpoints when ingest pauses (`Store._run`); this bound only keeps a
+        # WAL from growing without end under non-stop ingest. At DuckDB's 16 MB default a
+        # checkpoint landed inside every few commits: 2/3 of the commit time (benchmarks §2).
+        config["wal_autocheckpoint"] = WAL_AUTOCHECKPOINT
+    con = duckdb.connect(str(path), read_only=read_only, config=config)
     try:
         # GLOBAL: every cursor (the SQL endpoint opens one per query) is a new session.
         con.execute(f"SET GLOBAL TimeZone = '{_quote(timezone)}'")  # validated by settings (zoneinfo)
         if not read_only:
             migrate(con)
+            _recompute_days(con)
         con.execute("SET lock_configuration = true")
     except BaseException:
         con.close()
@@ -103,14 +117,31 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("COMMIT")
 
 
+def _recompute_days(con: duckdb.DuckDBPyConnection) -> None:
+    """Stored days follow the configured time zone: recompute them all when it changed."""
+    row = con.execute("SELECT value FROM storage_settings WHERE key = 'day_timezone'").fetchone()
+    current = con.execute("SELECT current_setting('TimeZone')").fetchone()
+    assert current is not None
+    if row is not None and row[0] == current[0]:
+        return
+    con.execute("BEGIN")
+    con.execute("UPDATE usage_events SET day = CAST(ts_start AS DATE)")
+    con.execute(
+        "INSERT OR REPLACE INTO storage_settings VALUES ('day_timezone', ?)",
+        [current[0]],
+    )
+    con.execute("COMMIT")
+    log.info("time zone changed to %s: recomputed the stored day of every event", current[0])
+
+
 def _timestamps(values: tuple[float, ...] | list[float]) -> pa.Array:
     seconds = pa.array(values, pa.float64())
     micros = pc.round(pc.multiply(seconds, 1_000_000.0)).cast(pa.int64())
     return micros.cast(_ARROW_TYPES["TIMESTAMPTZ"])
 
 
-def events_to_arrow(events: list[UsageEvent], prices: list[Price | None], ingested_at: float) -> pa.Table:
-    """Column-wise Arrow table in `usage_events` column order.
+def events_table(events: list[UsageEvent]) -> pa.Table:
+    """The event columns as an Arrow table, in `usage_events` column order.
 
     ``astuple`` + ``zip(*rows)`` transposes in C: ~3x faster than a getattr per cell.
     """
@@ -121,14 +152,15 @@ def events_to_arrow(events: list[UsageEvent], prices: list[Price | None], ingest
             arrays.append(_timestamps(values))
         else:  # dicts convert to MAP directly
             arrays.append(pa.array(values, _ARROW_TYPES[sql_type]))
-    arrays.append(pa.array([p.cost_usd if p else None for p in prices], pa.float64()))
-    arrays.append(pa.array([p.input_cost_usd if p else None for p in prices], pa.float64()))
-    arrays.append(pa.array([p.output_cost_usd if p else None for p in prices], pa.float64()))
-    arrays.append(pa.array([p is not None for p in prices], pa.bool_()))
-    arrays.append(pa.array([p.source if p else None for p in prices], pa.string()))
-    arrays.append(pa.array([p.version if p else None for p in prices], pa.string()))
-    arrays.append(_timestamps([ingested_at] * len(events)))
-    return pa.Table.from_arrays(arrays, names=ALL_COLUMNS)
+    return pa.Table.from_arrays(arrays, names=list(EVENT_COLUMNS))
+
+
+def batch_table(events: list[UsageEvent], pricer: Pricer, ingested_at: float) -> pa.Table:
+    """What the writer inserts: the event columns, their prices and ``ingested_at``."""
+    table = events_table(events)
+    for name, column in pricer.price_table(table).items():
+        table = table.append_column(name, column)
+    return table.append_column("ingested_at", _timestamps([ingested_at] * len(events)))
 
 
 @dataclass
@@ -150,7 +182,8 @@ class _CallJob:
 
 
 _STOP = object()
-CommitHook = Callable[[list[UsageEvent], list["Price | None"], float], None]
+# (committed events, their cost_usd — None where unpriced —, seconds the commit took)
+CommitHook = Callable[[list[UsageEvent], list["float | None"], float], None]
 
 
 class Store:
@@ -175,6 +208,7 @@ class Store:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self.pending_events = 0  # queued but not yet committed (read by the app for backpressure)
+        self._uncheckpointed = 0  # rows committed since the last idle checkpoint (writer thread)
         self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="costwatch-writer", daemon=True)
         self._thread.start()
@@ -244,8 +278,14 @@ class Store:
         cur = self.con.cursor()
         pending: Any = None
         while True:
-            job = pending if pending is not None else self._queue.get()
-            pending = None
+            if pending is not None:
+                job, pending = pending, None
+            else:
+                try:
+                    job = self._queue.get(timeout=IDLE_CHECKPOINT_S if self._uncheckpointed else None)
+                except queue.Empty:
+                    self._checkpoint(cur)
+                    continue
             if job is _STOP:
                 break
             try:
@@ -269,6 +309,14 @@ class Store:
             except Exception:  # the writer must outlive any one job
                 log.exception("writer job failed")
         cur.close()
+
+    def _checkpoint(self, cur: duckdb.DuckDBPyConnection) -> None:
+        """Fold the WAL into the file while nothing waits on the writer."""
+        try:
+            cur.execute("CHECKPOINT")
+        except duckdb.Error as exc:  # e.g. disk full: the WAL still holds every commit
+            log.warning("idle checkpoint failed: %s", exc)
+        self._uncheckpointed = 0
 
     def _run_call(self, cur: duckdb.DuckDBPyConnection, job: _CallJob) -> None:
         try:
@@ -308,15 +356,14 @@ class Store:
                         fresh.append(event)
                         accepted += 1
                 results.append(IngestResult(accepted, duplicates))
-            prices = [self.pricer.price(e) for e in fresh]
+            costs: list[float | None] = []
             if fresh:
-                table = events_to_arrow(fresh, prices, time.time())
+                table = batch_table(fresh, self.pricer, time.time())
+                costs = table["cost_usd"].to_pylist()
                 cur.execute("BEGIN")
                 cur.register("_cw_batch", table)
                 try:
-                    cur.execute(
-                        f"INSERT INTO usage_events ({', '.join(ALL_COLUMNS)}) SELECT * FROM _cw_batch"
-                    )
+                    cur.execute(INSERT_BATCH)
                 finally:
                     _unregister(cur, "_cw_batch")
                 cur.execute("COMMIT")
@@ -330,9 +377,10 @@ class Store:
             return
         self.last_error = None
         self.last_commit_at = time.time()
+        self._uncheckpointed += len(fresh)
         if self.on_commit is not None:
             try:
-                self.on_commit(fresh, prices, time.perf_counter() - started)
+                self.on_commit(fresh, costs, time.perf_counter() - started)
             except Exception:  # metrics must never fail an ingest that is committed
                 log.exception("updating metrics failed")
         for job, result in zip(jobs, results, strict=True):
