@@ -56,7 +56,7 @@ _Tags = Annotated[
 ]
 
 
-class UsageEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class UsageEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     """One HTTP attempt against an LLM API (retries are separate events sharing ``call_id``)."""
 
     id: _Id

@@ -142,7 +142,9 @@ def build_app(
     store = daemon.store
     registry = daemon.killswitches
     # Backpressure: refuse (503, the emitter keeps or spools the batch) rather than queue without bound.
-    max_pending = max(4 * settings.max_batch_events, 200_000)
+    # A queued event costs ~1.6 KB as a Python object: 50k pending is ~80 MB (was 200k, ~320 MB:
+    # the RSS peaks of docs/benchmarks.md §5). The emitters' batches are 2k events.
+    max_pending = max(settings.max_batch_events, 50_000)
 
     def require_token(request: Request) -> None:
         if bearer_token(request) is None:

@@ -69,3 +69,27 @@ def test_export_writes_whole_utc_days(tmp_path: Path) -> None:
     assert result["rows"] == 30  # since=noon of day 1 still exports all of day 1
     first = pq.read_table(tmp_path / "out" / "date=2026-01-01" / "usage_events.parquet")
     assert first.num_rows == 24 and "cost_usd" in first.column_names and "tags" in first.column_names
+
+
+def test_writer_checkpoints_when_ingest_pauses(tmp_path: Path, monkeypatch) -> None:
+    """Commits go to the WAL (the big autocheckpoint keeps checkpoints out of them); an idle writer folds it."""
+    import time
+
+    from costwatch.daemon import store as store_mod
+
+    monkeypatch.setattr(store_mod, "IDLE_CHECKPOINT_S", 0.3)
+    path = tmp_path / "c.duckdb"
+    wal = Path(str(path) + ".wal")
+    store = Store(path, Pricer())
+    try:
+        assert store.submit([make_event() for _ in range(500)]).result(10).accepted == 500
+        assert wal.exists() and wal.stat().st_size > 0  # committed, not yet checkpointed
+        deadline = time.monotonic() + 10
+        while wal.exists() and wal.stat().st_size > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not wal.exists() or wal.stat().st_size == 0
+        count = store.read(lambda cur: cur.execute("SELECT count(*) FROM usage_events").fetchone()[0])
+        assert count == 500
+        assert store.submit([make_event()]).result(10).accepted == 1  # the writer goes on after it
+    finally:
+        store.close()
