@@ -59,7 +59,7 @@ class ClientSettings(BaseSettings):
     queue_max_events: int = Field(default=100_000, ge=100)
     batch_max_events: int = Field(default=2_000, ge=1)
     flush_interval_s: float = Field(default=0.1, gt=0, le=10)
-    killswitch_poll_s: float = Field(default=0.5, gt=0, le=60)
+    killswitch_poll_s: float = Field(default=0.25, gt=0, le=60)
     # With fail_closed, calls are refused once the daemon has not answered for this long.
     fail_closed_after_s: float = Field(default=5.0, ge=0)
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)

@@ -528,7 +528,8 @@ class Emitter:
                 self._backoff.fail()
                 return
         self._spool.done(claim)
-        self._next_scan = 0.0  # there may be more
+        self._next_scan = 0.0  # there may be more: next tick at once (it sends live events first)
+        self._wake.set()
 
     # -- shutdown, fork --------------------------------------------------------------------
 
