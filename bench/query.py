@@ -25,8 +25,8 @@ QUERIES = {
         " WHERE ts_start >= date_trunc('month', now()) GROUP BY model ORDER BY cost_usd DESC"
     ),
     "daily_spend_30d": (
-        "SELECT CAST(ts_start AS DATE) AS day, sum(cost_usd) AS cost_usd FROM usage_events"
-        " WHERE ts_start >= now() - INTERVAL 30 DAY GROUP BY day ORDER BY day"
+        "SELECT CAST(ts_start AS DATE) AS d, sum(cost_usd) AS cost_usd FROM usage_events"
+        " WHERE ts_start >= now() - INTERVAL 30 DAY GROUP BY d ORDER BY d"
     ),
     # the same figure from the `day` column the writer stores (calendar day in the daemon's timezone)
     "daily_spend_30d_stored_day": (
