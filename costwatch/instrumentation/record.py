@@ -297,7 +297,7 @@ class CallRecord:
         wall0 = self.wall0
         event_id = new_event_id(wall0)
         call = self.call
-        call_id = call.value or call.get(event_id, request.headers.get("idempotency-key"))
+        call_id = call.value or call.get(event_id, _request_header(request.headers, b"idempotency-key"))
         response_model = scrub(response_model)
         request_model = scrub(request_model)
         if usage is None:
@@ -479,6 +479,17 @@ def _wanted_headers(headers: Any, anthropic: bool) -> dict[str, bytes]:
         elif field is not None and field != "content-type":
             found[field] = _REPEATED
     return found
+
+
+def _request_header(headers: Any, name: bytes) -> str | None:
+    """One header by lower-case name from the raw list (no case-insensitive scan per lookup)."""
+    items = getattr(headers, "_list", None)
+    if type(items) is list and (not items or len(items[0]) == 3):
+        for _, lower, value in items:
+            if lower == name:
+                return value.decode("latin-1") if isinstance(value, bytes) else value
+        return None
+    return headers.get(name.decode())
 
 
 _RATELIMIT_FIELDS = (

@@ -232,6 +232,20 @@ def test_retries_share_call_id(fake_provider: FakeProvider, instrumented: Record
     assert events[2].input_tokens == 25 and events[0].input_tokens is None
 
 
+def test_call_id_is_the_idempotency_key_else_the_first_attempts_event_id(
+    fake_provider: FakeProvider, instrumented: RecordingEmitter
+) -> None:
+    c = client(fake_provider, max_retries=3, default_headers={"x-fake-scenario": "fail-then-ok:429:1"})
+    c.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, extra_headers={"Idempotency-Key": "order-42"}
+    )
+    client(fake_provider).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    events = instrumented.wait_events(3)
+    assert [(e.retry_attempt, e.error_class) for e in events] == [(0, "rate_limit"), (1, None), (0, None)]
+    assert [e.call_id for e in events[:2]] == ["order-42", "order-42"]  # both attempts
+    assert events[2].call_id == events[2].id  # no key: the first attempt's event id names the call
+
+
 def test_retries_async_share_call_id_per_task(
     fake_provider: FakeProvider, instrumented: RecordingEmitter
 ) -> None:
