@@ -35,8 +35,18 @@ QUERIES = {
     ),
     # the same figure without the per-row time-zone conversion of TIMESTAMPTZ → DATE (UTC days)
     "daily_spend_30d_epoch": (
-        "SELECT to_timestamp(floor(epoch(ts_start) / 86400) * 86400) AS day, sum(cost_usd) AS cost_usd"
-        " FROM usage_events WHERE ts_start >= now() - INTERVAL 30 DAY GROUP BY day ORDER BY day"
+        "SELECT to_timestamp(floor(epoch(ts_start) / 86400) * 86400) AS d, sum(cost_usd) AS cost_usd"
+        " FROM usage_events WHERE ts_start >= now() - INTERVAL 30 DAY GROUP BY d ORDER BY d"
+    ),
+    # The same two spend figures over a fixed 30-day window: month-to-date depends on the day of
+    # the month the bench runs (on the 1st it covers a few hours of the 60 generated days).
+    "spend_by_model_30d": (
+        "SELECT model, sum(cost_usd) AS cost_usd, count(*) AS requests FROM usage_events"
+        " WHERE ts_start >= now() - INTERVAL 30 DAY GROUP BY model ORDER BY cost_usd DESC"
+    ),
+    "top10_users_30d": (
+        'SELECT "user", sum(cost_usd) AS cost_usd FROM usage_events'
+        ' WHERE ts_start >= now() - INTERVAL 30 DAY GROUP BY "user" ORDER BY cost_usd DESC LIMIT 10'
     ),
     "p99_latency_by_model": (
         "SELECT model, quantile_cont(latency_ms, 0.99) AS p99_ms FROM usage_events"
@@ -53,6 +63,8 @@ SPEND_QUERIES = (
     "daily_spend_30d_stored_day",
     "daily_spend_30d_epoch",
     "top10_users_month",
+    "spend_by_model_30d",
+    "top10_users_30d",
 )
 TARGET_MS = 50.0
 
