@@ -82,6 +82,7 @@ class Daemon:
             memory_limit=settings.duckdb_memory_limit,
             threads=settings.duckdb_threads,
             timezone=settings.timezone,
+            wal_autocheckpoint=settings.duckdb_wal_autocheckpoint,
             on_commit=self.metrics.observe_commit,
         )
         try:

@@ -67,6 +67,7 @@ def open_database(
     memory_limit: str = "1GB",
     threads: int = 2,
     timezone: str = "UTC",
+    wal_autocheckpoint: str = WAL_AUTOCHECKPOINT,
 ) -> duckdb.DuckDBPyConnection:
     """Open the file sandboxed: no file/network access from SQL, configuration locked.
 
@@ -85,7 +86,7 @@ def open_database(
         # The writer checkpoints when ingest pauses (`Store._run`); this bound only keeps a
         # WAL from growing without end under non-stop ingest. At DuckDB's 16 MB default a
         # checkpoint landed inside every few commits: 2/3 of the commit time (benchmarks §2).
-        config["wal_autocheckpoint"] = WAL_AUTOCHECKPOINT
+        config["wal_autocheckpoint"] = wal_autocheckpoint
     con = duckdb.connect(str(path), read_only=read_only, config=config)
     try:
         # GLOBAL: every cursor (the SQL endpoint opens one per query) is a new session.
@@ -197,12 +198,19 @@ class Store:
         memory_limit: str = "1GB",
         threads: int = 2,
         timezone: str = "UTC",
+        wal_autocheckpoint: str = WAL_AUTOCHECKPOINT,
         on_commit: CommitHook | None = None,
     ) -> None:
         self.path = path
         self.pricer = pricer
         self.on_commit = on_commit
-        self.con = open_database(path, memory_limit=memory_limit, threads=threads, timezone=timezone)
+        self.con = open_database(
+            path,
+            memory_limit=memory_limit,
+            threads=threads,
+            timezone=timezone,
+            wal_autocheckpoint=wal_autocheckpoint,
+        )
         self.last_error: str | None = None
         self.last_commit_at: float | None = None
         self._queue: queue.Queue[Any] = queue.Queue()

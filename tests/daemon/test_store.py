@@ -93,3 +93,32 @@ def test_writer_checkpoints_when_ingest_pauses(tmp_path: Path, monkeypatch) -> N
         assert store.submit([make_event()]).result(10).accepted == 1  # the writer goes on after it
     finally:
         store.close()
+
+
+def test_wal_bound_and_memory_limit_settings_reach_duckdb(tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from costwatch.settings import DaemonSettings
+
+    settings = DaemonSettings(
+        state_dir=tmp_path, duckdb_wal_autocheckpoint="16MB", duckdb_memory_limit=" 300MB "
+    )
+    store = Store(
+        tmp_path / "w.duckdb",
+        Pricer(),
+        memory_limit=settings.duckdb_memory_limit,
+        wal_autocheckpoint=settings.duckdb_wal_autocheckpoint,
+    )
+    try:
+        got = store.read(
+            lambda cur: cur.execute(
+                "SELECT current_setting('wal_autocheckpoint'), current_setting('memory_limit')"
+            ).fetchone()
+        )
+        assert got == ("15.2 MiB", "286.1 MiB")  # DuckDB reports 16 MB and 300 MB in MiB
+    finally:
+        store.close()
+    for bad in ("lots", "16 parsecs", "", "-1GB"):
+        with pytest.raises(ValidationError, match="duckdb_wal_autocheckpoint"):
+            DaemonSettings(state_dir=tmp_path, duckdb_wal_autocheckpoint=bad)
