@@ -317,17 +317,13 @@ def _apply_table(table: pa.Table, rates: list[_Rates | None], slot: Any, priced:
     source = pc.take(pa.array([None if r is None else r.source for r in rates], pa.string()), slot)
     version = pc.take(pa.array([None if r is None else r.version for r in rates], pa.string()), slot)
     return {
-        "cost_usd": _flat(pc.if_else(priced, total, none_f)),
-        "input_cost_usd": _flat(pc.if_else(priced, input_cost, none_f)),
-        "output_cost_usd": _flat(pc.if_else(priced, output_cost, none_f)),
-        "priced": _flat(priced),
-        "price_source": _flat(pc.if_else(priced, source, none_s)),
-        "price_version": _flat(pc.if_else(priced, version, none_s)),
+        "cost_usd": _combine(pc.if_else(priced, total, none_f)),
+        "input_cost_usd": _combine(pc.if_else(priced, input_cost, none_f)),
+        "output_cost_usd": _combine(pc.if_else(priced, output_cost, none_f)),
+        "priced": _combine(priced),
+        "price_source": _combine(pc.if_else(priced, source, none_s)),
+        "price_version": _combine(pc.if_else(priced, version, none_s)),
     }
-
-
-def _flat(column: Any) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _apply(rates: _Rates, event: UsageEvent) -> Price:

@@ -72,21 +72,19 @@ def _load(data: str) -> Any:
         return None
 
 
-def _has_usage(raw: str) -> bool:
+def _has_usage(raw: str | bytes) -> bool:
     """Might this chunk carry usage? (``"usage":null``, which include_usage adds to every chunk, does not.)
 
     Content text cannot fake the key: inside a JSON string its quotes are escaped.
     """
-    if '"usage"' not in raw:
-        return False
-    return '"usage":null' not in raw and '"usage": null' not in raw
+    key, nulls = _USAGE_MARKS[type(raw) is bytes]
+    return key in raw and not any(n in raw for n in nulls)  # type: ignore[operator]
 
 
-def _chunk_has_usage(chunk: bytes) -> bool:
-    """`_has_usage` on raw bytes."""
-    if b'"usage"' not in chunk:
-        return False
-    return b'"usage":null' not in chunk and b'"usage": null' not in chunk
+_USAGE_MARKS: dict[bool, tuple[Any, tuple[Any, ...]]] = {
+    False: ('"usage"', ('"usage":null', '"usage": null')),
+    True: (b'"usage"', (b'"usage":null', b'"usage": null')),
+}
 
 
 def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | None:
@@ -108,7 +106,7 @@ def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | No
     end = len(chunks) - 1
     for i in range(end - 1, -1, -1):  # the usage event is one of the last
         chunk = chunks[i][0]
-        if _chunk_has_usage(chunk):
+        if _has_usage(chunk):
             data = _load(chunk[6:-2])
             if isinstance(data, dict) and data.get("usage"):
                 usage = normalize_usage(api, data["usage"])
@@ -129,18 +127,24 @@ def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | No
 
 
 def _has_content(api: str, data: dict[str, Any]) -> bool:
+    text, tool_calls = _generated(api, data)
+    return bool(tool_calls) or bool(text)
+
+
+def _generated(api: str, data: dict[str, Any]) -> tuple[str | None, Any]:
+    """The text and tool calls a chat/completions chunk carries (None where absent or malformed)."""
     choices = data.get("choices")
     if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        return False
+        return None, None
     choice = choices[0]
     if api == COMPLETIONS:
         text = choice.get("text")
-        return isinstance(text, str) and bool(text)
+        return (text if isinstance(text, str) else None), None
     delta = choice.get("delta")
     if not isinstance(delta, dict):
-        return False
+        return None, None
     text = delta.get("content")
-    return bool(delta.get("tool_calls")) or (isinstance(text, str) and bool(text))
+    return (text if isinstance(text, str) else None), delta.get("tool_calls") or None
 
 
 def scan_stream(api: str, events: Iterable[SSEvent]) -> StreamFacts:
@@ -176,20 +180,12 @@ def _scan_chat(api: str, events: list[SSEvent], full: bool) -> StreamFacts:
             model = data["model"]
         if data.get("usage"):
             usage = normalize_usage(api, data["usage"]) or usage
-        choices = data.get("choices")
-        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-            continue
-        choice = choices[0]
-        if api == COMPLETIONS:
-            text = choice.get("text")
-        else:
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(delta, dict) and delta.get("tool_calls"):
-                if first_t is None:
-                    first_t = ev.t
-                chars += len(json.dumps(delta["tool_calls"]))
-        if isinstance(text, str) and text:
+        text, tool_calls = _generated(api, data)
+        if tool_calls:
+            if first_t is None:
+                first_t = ev.t
+            chars += len(json.dumps(tool_calls))
+        if text:
             if first_t is None:
                 first_t = ev.t
             chars += len(text)

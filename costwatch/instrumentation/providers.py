@@ -101,8 +101,6 @@ MAX_TOKENS = 10**12  # the event schema's bound: a bigger count would make the w
 
 def as_int(value: object) -> int | None:
     """Token counts from JSON: ints only (bools, junk and absurd sizes are 'unknown', not 0)."""
-    if type(value) is int and 0 <= value <= MAX_TOKENS:  # `type`, not isinstance: bools are not counts
-        return value
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
-        return int(value)  # an int subclass (IntEnum and the like)
+        return int(value)  # int(): an int subclass (IntEnum and the like) becomes a plain count
     return None

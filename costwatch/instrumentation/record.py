@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -88,14 +89,15 @@ def scrub(value: str | None, limit: int = 256) -> str | None:
     if value is None:
         return None
     if type(value) is str and len(value) <= 256:
-        return _scrub_short(value)[:limit]  # model names and users repeat: cached
-    value = _CARD.sub("[card]", _SECRET.sub("sk-[redacted]", str(value)))
-    return value[:limit]
+        return _redact_cached(value)[:limit]  # model names and users repeat
+    return _redact(str(value))[:limit]
 
 
-@functools.lru_cache(maxsize=4096)
-def _scrub_short(value: str) -> str:
+def _redact(value: str) -> str:
     return _CARD.sub("[card]", _SECRET.sub("sk-[redacted]", value))
+
+
+_redact_cached = functools.lru_cache(maxsize=4096)(_redact)
 
 
 class Guard:
@@ -461,12 +463,8 @@ def _wanted_headers(headers: Any, anthropic: bool) -> dict[str, bytes]:
     """One pass over the raw header list (no case-insensitive lookup per name)."""
     wanted = _WANTED_HEADERS[anthropic]
     found: dict[str, bytes] = {}
-    items = getattr(headers, "_list", None)  # httpx(2): (raw key, lower-case key, value) triples
-    if type(items) is list and (not items or len(items[0]) == 3):
-        pairs: Any = ((lower, value) for _, lower, value in items)
-    elif getattr(headers, "raw", None) is not None:
-        pairs = ((key.lower(), value) for key, value in headers.raw)
-    else:  # not an httpx(2) Headers: per-name lookups
+    pairs = _lower_pairs(headers)
+    if pairs is None:  # not an httpx(2) Headers: per-name lookups
         for header, field in wanted.items():
             value = headers.get(header.decode())
             if value is not None:
@@ -481,15 +479,22 @@ def _wanted_headers(headers: Any, anthropic: bool) -> dict[str, bytes]:
     return found
 
 
+def _lower_pairs(headers: Any) -> Iterator[tuple[bytes, bytes]] | None:
+    """(lower-case name, value) bytes of an httpx(2) ``Headers``, or None for another mapping."""
+    items = getattr(headers, "_list", None)  # httpx(2): (raw key, lower-case key, value) triples
+    if type(items) is list and (not items or len(items[0]) == 3):
+        return ((lower, value) for _, lower, value in items)
+    if getattr(headers, "raw", None) is not None:
+        return ((key.lower(), value) for key, value in headers.raw)
+    return None
+
+
 def _request_header(headers: Any, name: bytes) -> str | None:
     """One header by lower-case name from the raw list (no case-insensitive scan per lookup)."""
-    items = getattr(headers, "_list", None)
-    if type(items) is list and (not items or len(items[0]) == 3):
-        for _, lower, value in items:
-            if lower == name:
-                return value.decode("latin-1") if isinstance(value, bytes) else value
-        return None
-    return headers.get(name.decode())
+    pairs = _lower_pairs(headers)
+    if pairs is None:
+        return headers.get(name.decode())
+    return next((value.decode("latin-1") for lower, value in pairs if lower == name), None)
 
 
 _RATELIMIT_FIELDS = (
