@@ -30,7 +30,7 @@ from msgspec.structs import astuple
 
 from costwatch.daemon import schema
 from costwatch.events import UsageEvent
-from costwatch.pricing import PRICE_COLUMNS, Price, Pricer
+from costwatch.pricing import PRICE_COLUMNS, Pricer
 
 __all__ = ["IngestResult", "Store", "open_database"]
 
@@ -465,38 +465,21 @@ def summary(cur: duckdb.DuckDBPyConnection, tz: str = "UTC") -> dict[str, Any]:
     }
 
 
+# What `Pricer.price_table` reads of each stored row (and the id to write the prices back).
 _REPRICE_COLUMNS = (
     "id, provider, model, response_model, request_model, input_tokens, output_tokens,"
-    " cached_input_tokens, cache_write_tokens, usage_source, epoch(ts_start)"
+    " cached_input_tokens, cache_write_tokens, usage_source, ts_start"
 )
 
 
 def reprice(cur: duckdb.DuckDBPyConnection, pricer: Pricer, since: float | None) -> dict[str, int]:
-    """Recompute the cost columns of rows with ts_start >= since (all rows when None)."""
+    """Recompute the cost columns of rows with ts_start >= since (all rows when None), per column."""
     lo = since if since is not None else 0.0
-    rows = cur.execute(
-        f"SELECT {_REPRICE_COLUMNS} FROM usage_events WHERE ts_start >= to_timestamp(?)", [lo]
-    ).fetchall()
-    prices: list[Price | None] = []
-    for r in rows:
-        event = UsageEvent(
-            id=r[0], call_id=r[0], ts_start=r[10], ts_end=r[10], provider=r[1], operation="reprice",
-            model=r[2], response_model=r[3], request_model=r[4], input_tokens=r[5], output_tokens=r[6],
-            cached_input_tokens=r[7], cache_write_tokens=r[8], usage_source=r[9],
-        )  # fmt: skip
-        prices.append(pricer.price(event))
-    table = pa.table(
-        {
-            "id": pa.array([r[0] for r in rows], pa.string()),
-            "cost_usd": pa.array([p.cost_usd if p else None for p in prices], pa.float64()),
-            "input_cost_usd": pa.array([p.input_cost_usd if p else None for p in prices], pa.float64()),
-            "output_cost_usd": pa.array([p.output_cost_usd if p else None for p in prices], pa.float64()),
-            "priced": pa.array([p is not None for p in prices], pa.bool_()),
-            "price_source": pa.array([p.source if p else None for p in prices], pa.string()),
-            "price_version": pa.array([p.version if p else None for p in prices], pa.string()),
-        }
-    )
-    cur.register("_cw_reprice", table)
+    rows = cur.sql(
+        f"SELECT {_REPRICE_COLUMNS} FROM usage_events WHERE ts_start >= to_timestamp(?)", params=[lo]
+    ).to_arrow_table()
+    prices = pricer.price_table(rows)
+    cur.register("_cw_reprice", pa.table({"id": rows["id"], **prices}))
     try:
         cur.execute(
             "UPDATE usage_events SET cost_usd = b.cost_usd, input_cost_usd = b.input_cost_usd,"
@@ -507,7 +490,7 @@ def reprice(cur: duckdb.DuckDBPyConnection, pricer: Pricer, since: float | None)
         )
     finally:
         _unregister(cur, "_cw_reprice")
-    return {"repriced": len(rows), "priced": sum(p is not None for p in prices)}
+    return {"repriced": rows.num_rows, "priced": pc.sum(prices["priced"]).as_py() or 0}
 
 
 def reprice_file(path: Path, pricer: Pricer, since: float | None, **open_kwargs: Any) -> dict[str, int]:

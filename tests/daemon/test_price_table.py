@@ -107,3 +107,35 @@ def test_overrides_and_empty_table() -> None:
     assert pricer.price_table(events_table(events))["cost_usd"].to_pylist()[0] == 1.0 + 10 * 2.0 / 1e6
     empty = pricer.price_table(events_table([]))
     assert all(len(column) == 0 for column in empty.values())
+
+
+def test_reprice_restores_what_ingest_priced(tmp_path) -> None:
+    """`reprice` (columnar, from stored rows) writes back exactly the prices the writer stored."""
+    from costwatch.daemon.store import Store, reprice
+
+    models = [(p.id, m.id) for p in data_snapshot.get_snapshot().providers for m in p.models][::7]
+    events = [
+        make_event(
+            provider=prov, model=model, input_tokens=120_000, cached_input_tokens=3_000, output_tokens=900
+        )
+        for prov, model in models
+    ] + [
+        make_event(model="no-such-model-x", input_tokens=1, output_tokens=1),
+        make_event(usage_source="missing"),
+    ]
+    pricer = Pricer()
+    store = Store(tmp_path / "r.duckdb", pricer)
+    query = (
+        "SELECT id, cost_usd, input_cost_usd, output_cost_usd, priced, price_source, price_version"
+        " FROM usage_events ORDER BY id"
+    )
+    try:
+        assert store.submit(events).result(30).accepted == len(events)
+        stored = store.read(lambda cur: cur.execute(query).fetchall())
+        store.call(lambda cur: cur.execute("UPDATE usage_events SET cost_usd = NULL, priced = false"))
+        result = store.call(lambda cur: reprice(cur, pricer, None))
+        assert result == {"repriced": len(events), "priced": sum(row[4] for row in stored)}
+        assert store.read(lambda cur: cur.execute(query).fetchall()) == stored
+        assert result["priced"] > 200
+    finally:
+        store.close()
