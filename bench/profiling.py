@@ -53,7 +53,7 @@ def finish(
     except subprocess.TimeoutExpired:
         popen.kill()
         return None
-    text = out.read_text() if out.exists() else ""
+    text = out.read_text(errors="replace") if out.exists() else ""  # py-spy may cut a UTF-8 name
     if thread is not None:
         text = "\n".join(line for line in text.splitlines() if thread in line.split(";", 1)[0])
     return summarize(text, top)

@@ -28,7 +28,6 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -143,6 +142,7 @@ class CallRecord:
         "attribution",
         "block_reason",
         "blocked",
+        "body",
         "call",
         "chunks_head",
         "chunks_tail",
@@ -151,15 +151,21 @@ class CallRecord:
         "exc_type",
         "filter",
         "head_bytes",
+        "headers",
+        "idempotency_key",
         "otel_context",
         "request",
+        "request_body",
         "response",
         "retry",
+        "server_address",
+        "status_code",
         "stream",
         "t0",
         "t1",
         "tail_bytes",
         "truncated",
+        "url_path",
         "wall0",
     )
 
@@ -199,6 +205,14 @@ class CallRecord:
         self.end_reason = "complete"
         self.filter: Any = None
         self._once = [True]  # list.pop() is atomic: the latch holds across threads (close vs. GC)
+        # Filled from request / response by `_detach` when the attempt ends:
+        self.request_body = b""
+        self.server_address = ""
+        self.url_path = ""
+        self.idempotency_key: str | None = None
+        self.status_code: int | None = None  # None: no response (an exception, or blocked)
+        self.headers: dict[bytes, bytes] = {}  # response headers by lower-case name
+        self.body = b""  # a non-streamed response body
 
     # ---- call path -------------------------------------------------------------------------
 
@@ -232,40 +246,65 @@ class CallRecord:
             self.end_reason = reason
             if exc_type is not None:
                 self.exc_type = exc_type
+            self._detach()
             self._submit(self)
         except Exception:
             guard.report("finish")
 
+    def _detach(self) -> None:
+        """Copy out the few values `to_event` reads and drop the SDK's request and response.
+
+        Holding those objects until the emitter's next tick (and the cycle response →
+        stream proxy → record → response) kept the app's garbage alive: the cyclic GC,
+        which an uninstrumented SDK loop never triggers, ran dozens of collections per
+        1,000 calls, a full one among them. What stays are bytes, str and a dict of bytes,
+        which the GC does not track.
+        """
+        request = self.request
+        if request is not None:
+            self.request = None
+            self.request_body = _request_body(request)
+            url = request.url
+            self.server_address = _server_address(url)[:256]
+            self.url_path = url.path
+            self.idempotency_key = _request_header(request.headers, b"idempotency-key")
+        response = self.response
+        if response is not None:
+            self.response = None
+            self.status_code = response.status_code
+            self.headers = _header_values(response.headers)
+            if not self.stream:
+                self.body = _response_body(response)
+
     # ---- emitter thread --------------------------------------------------------------------
 
     def to_event(self) -> UsageEvent | None:
-        req = _request_fields(_request_body(self.request))
+        self._detach()  # done by finish(); here for records built by hand
+        req = _request_fields(self.request_body)
         endpoint = self.endpoint
-        request = self.request
         request_model = _str(req.model)
         if request_model is None and endpoint.provider == AZURE_OPENAI:
-            request_model = azure_deployment(request.url.path)
+            request_model = azure_deployment(self.url_path)
         status: int | None = None
         error_class: str | None = None
         usage: Usage | None = None
         usage_source = "missing"
         response_model: str | None = None
         ttft_ms: float | None = None
-        header_values: dict[str, bytes] = {}
+        headers = self.headers
         sse = False
 
         if self.blocked:
             error_class = "blocked"
         else:
-            response = self.response
-            if response is not None:
-                status = response.status_code if 100 <= response.status_code <= 599 else None
-                header_values = _wanted_headers(response.headers, endpoint.provider == ANTHROPIC)
+            answered = self.status_code is not None
+            if answered:
+                status = self.status_code if 100 <= self.status_code <= 599 else None  # type: ignore[operator]
                 error_class = classify_status(status) if status is not None else "other"
             if self.exc_type is not None:
                 error_class = classify_exception(self.exc_type)
-            sse = self.stream and response is not None and _is_sse(header_values.get("content-type"))
-            if response is not None and status is not None and status < 400:
+            sse = self.stream and answered and _is_sse(headers.get(b"content-type"))
+            if answered and status is not None and status < 400:
                 if sse:
                     facts = self._scan_stream()
                     response_model = facts.response_model
@@ -275,11 +314,11 @@ class CallRecord:
                     if facts.usage_final and _complete(usage):
                         usage_source = "provider"
                     elif not facts.terminal:  # abandoned by the app or broken: estimate
-                        usage, usage_source = _estimate(_json(_request_body(request)), facts, usage)
+                        usage, usage_source = _estimate(_json(self.request_body), facts, usage)
                     else:  # complete, but the provider sent no usage
                         usage = None
                 elif self.exc_type is None:  # JSON (also read through send(stream=True), e.g. raw clients)
-                    usage, response_model = self._parse_body(response)
+                    usage, response_model = self._parse_body()
                     if _complete(usage):
                         usage_source = "provider"
                     else:
@@ -299,12 +338,12 @@ class CallRecord:
         wall0 = self.wall0
         event_id = new_event_id(wall0)
         call = self.call
-        call_id = call.value or call.get(event_id, _request_header(request.headers, b"idempotency-key"))
+        call_id = call.value or call.get(event_id, self.idempotency_key)
         response_model = scrub(response_model)
         request_model = scrub(request_model)
         if usage is None:
             usage = _NO_USAGE
-        ratelimits = _ratelimits(header_values) if header_values else _NO_RATELIMITS
+        ratelimits = _ratelimits(headers, endpoint.provider == ANTHROPIC) if headers else _NO_RATELIMITS
         event = UsageEvent(
             id=event_id,
             call_id=call_id,
@@ -315,7 +354,7 @@ class CallRecord:
             app=self.app,
             host=_HOST,
             pid=_pid_value,
-            server_address=_server_address(request.url)[:256],
+            server_address=self.server_address,
             request_model=request_model,
             response_model=response_model,
             model=response_model or request_model,
@@ -346,11 +385,11 @@ class CallRecord:
                 event.trace_id, event.span_id = ids
         return event
 
-    def _parse_body(self, response: Any) -> tuple[Usage | None, str | None]:
+    def _parse_body(self) -> tuple[Usage | None, str | None]:
         if self.stream:  # bytes came through the stream proxy; a truncated body is not parsed
             data = b"" if self.truncated else b"".join(c for c, _ in self.chunks_head)
         else:
-            data = response.content
+            data = self.body
         body = _response_fields(data)
         if body is None:
             return None, None
@@ -438,77 +477,69 @@ def _estimate(req: dict, facts: StreamFacts, usage: Usage | None) -> tuple[Usage
     return Usage(input_tokens, output_tokens, cached, write, None), "estimated"
 
 
+# The rate-limit response headers an event reads, in the order of the event's four fields.
 _RATELIMIT_HEADERS = {
-    True: {
-        b"anthropic-ratelimit-requests-remaining": "ratelimit_remaining_requests",
-        b"anthropic-ratelimit-tokens-remaining": "ratelimit_remaining_tokens",
-        b"anthropic-ratelimit-requests-limit": "ratelimit_limit_requests",
-        b"anthropic-ratelimit-tokens-limit": "ratelimit_limit_tokens",
-    },
-    False: {
-        b"x-ratelimit-remaining-requests": "ratelimit_remaining_requests",
-        b"x-ratelimit-remaining-tokens": "ratelimit_remaining_tokens",
-        b"x-ratelimit-limit-requests": "ratelimit_limit_requests",
-        b"x-ratelimit-limit-tokens": "ratelimit_limit_tokens",
-    },
-}
-# Response headers an event reads, by lower-case name: the rate-limit ones and content-type.
-_WANTED_HEADERS = {
-    anthropic: {**names, b"content-type": "content-type"} for anthropic, names in _RATELIMIT_HEADERS.items()
+    True: (
+        b"anthropic-ratelimit-requests-remaining",
+        b"anthropic-ratelimit-tokens-remaining",
+        b"anthropic-ratelimit-requests-limit",
+        b"anthropic-ratelimit-tokens-limit",
+    ),
+    False: (
+        b"x-ratelimit-remaining-requests",
+        b"x-ratelimit-remaining-tokens",
+        b"x-ratelimit-limit-requests",
+        b"x-ratelimit-limit-tokens",
+    ),
 }
 _REPEATED = b""  # marks a header sent twice (joined "a, b" it is not a number)
-
-
-def _wanted_headers(headers: Any, anthropic: bool) -> dict[str, bytes]:
-    """One pass over the raw header list (no case-insensitive lookup per name)."""
-    wanted = _WANTED_HEADERS[anthropic]
-    found: dict[str, bytes] = {}
-    pairs = _lower_pairs(headers)
-    if pairs is None:  # not an httpx(2) Headers: per-name lookups
-        for header, field in wanted.items():
-            value = headers.get(header.decode())
-            if value is not None:
-                found[field] = value.encode() if isinstance(value, str) else value
-        return found
-    for key, value in pairs:
-        field = wanted.get(key)
-        if field is not None and field not in found:
-            found[field] = value
-        elif field is not None and field != "content-type":
-            found[field] = _REPEATED
-    return found
-
-
-def _lower_pairs(headers: Any) -> Iterator[tuple[bytes, bytes]] | None:
-    """(lower-case name, value) bytes of an httpx(2) ``Headers``, or None for another mapping."""
-    items = getattr(headers, "_list", None)  # httpx(2): (raw key, lower-case key, value) triples
-    if type(items) is list and (not items or len(items[0]) == 3):
-        return ((lower, value) for _, lower, value in items)
-    if getattr(headers, "raw", None) is not None:
-        return ((key.lower(), value) for key, value in headers.raw)
-    return None
-
-
-def _request_header(headers: Any, name: bytes) -> str | None:
-    """One header by lower-case name from the raw list (no case-insensitive scan per lookup)."""
-    pairs = _lower_pairs(headers)
-    if pairs is None:
-        return headers.get(name.decode())
-    return next((value.decode("latin-1") for lower, value in pairs if lower == name), None)
-
-
-_RATELIMIT_FIELDS = (
-    "ratelimit_remaining_requests",
-    "ratelimit_remaining_tokens",
-    "ratelimit_limit_requests",
-    "ratelimit_limit_tokens",
-)
 _NO_RATELIMITS: tuple[int | None, ...] = (None, None, None, None)
 
 
-def _ratelimits(header_values: dict[str, bytes]) -> tuple[int | None, ...]:
-    """The four rate-limit counts in `_RATELIMIT_FIELDS` order (None: absent, repeated or not a count)."""
-    return tuple(_count(header_values.get(field)) for field in _RATELIMIT_FIELDS)
+def _header_values(headers: Any) -> dict[bytes, bytes]:
+    """Response headers by lower-case name, from the raw list in one C-speed pass (call path).
+
+    A dict of bytes is not tracked by the GC. A name sent twice maps to `_REPEATED`
+    (content-type: its first value).
+    """
+    items = getattr(headers, "_list", None)  # httpx(2): (raw key, lower-case key, value) triples
+    if type(items) is list and (not items or len(items[0]) == 3):
+        values = {lower: value for _, lower, value in items}
+        if len(values) == len(items):
+            return values
+        pairs = [(lower, value) for _, lower, value in items]
+    elif getattr(headers, "raw", None) is not None:
+        pairs = [(key.lower(), value) for key, value in headers.raw]
+    else:  # a plain mapping of str
+        pairs = [
+            (key.lower().encode("latin-1"), str(value).encode("latin-1")) for key, value in headers.items()
+        ]
+    values = {}
+    for lower, value in pairs:
+        if lower not in values:
+            values[lower] = value
+        elif lower != b"content-type":
+            values[lower] = _REPEATED
+    return values
+
+
+def _request_header(headers: Any, name: bytes) -> str | None:
+    """One request header by lower-case name, from the raw list (no case-insensitive scan)."""
+    items = getattr(headers, "_list", None)
+    if type(items) is list and (not items or len(items[0]) == 3):
+        for _, lower, value in items:
+            if lower == name:
+                return value.decode("latin-1")
+        return None
+    value = headers.get(name.decode())
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _ratelimits(headers: dict[bytes, bytes], anthropic: bool) -> tuple[int | None, ...]:
+    """The four rate-limit counts (None: absent, repeated or not a count)."""
+    names = _RATELIMIT_HEADERS[anthropic]
+    get = headers.get
+    return _count(get(names[0])), _count(get(names[1])), _count(get(names[2])), _count(get(names[3]))
 
 
 def _count(value: bytes | None) -> int | None:
@@ -522,6 +553,13 @@ def _request_body(request: Any) -> bytes:
     try:
         return request.content
     except Exception:  # a streaming request body that was never read
+        return b""
+
+
+def _response_body(response: Any) -> bytes:
+    try:
+        return response.content
+    except Exception:  # not read: parsed as no body
         return b""
 
 
