@@ -1,10 +1,12 @@
 """One HTTP attempt: raw facts captured on the call path, turned into a `UsageEvent` later.
 
 `CallRecord` is what the patch hands to ``Emitter.submit``. On the app's path
-it only stores references and clock readings (the request, the response whose
-body ``send`` already read, stream chunks with timestamps); ``to_event()`` runs
-on the emitter thread and does everything else: JSON parsing, usage
-normalization, model derivation, header parsing, the OpenTelemetry span.
+it stores references and clock readings (stream chunks with timestamps); when
+the attempt ends it copies out the request body, URL parts, the response status,
+body and headers (a dict of bytes) and drops the SDK's objects, so queued records
+keep nothing alive for the cyclic GC. ``to_event()`` runs on the emitter thread
+and does everything else: JSON parsing, usage normalization, model derivation,
+header parsing, the OpenTelemetry span.
 
 ``usage_source``: ``provider`` when the provider's usage was read (for streams:
 the final usage — chat's include_usage chunk, Responses' terminal event,
