@@ -60,6 +60,23 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return json_response({"error": message}, status, headers)
 
 
+MAX_LONG_POLL_S = 60.0
+
+
+def _long_poll(request: Request) -> tuple[int | None, float]:
+    """``?version=V&wait=S`` of a kill-switch long poll: (V or None, S capped); a bad value is a 400."""
+    params = request.query_params
+    raw_version, raw_wait = params.get("version"), params.get("wait")
+    try:
+        version = int(raw_version) if raw_version is not None else None
+        wait = float(raw_wait) if raw_wait is not None else 0.0
+    except ValueError:
+        raise HTTPError(400, "version must be an integer and wait a number of seconds") from None
+    if not 0 <= wait <= MAX_LONG_POLL_S:  # also NaN
+        raise HTTPError(400, f"wait must be between 0 and {MAX_LONG_POLL_S:g} seconds")
+    return version, wait
+
+
 # -- decoding ---------------------------------------------------------------------------
 def _item_error(index: int, raw: bytes, exc: Exception) -> dict[str, Any]:
     event_id = None
@@ -223,7 +240,11 @@ def build_app(
         )
 
     async def killswitch_get(request: Request) -> Response:
-        return Response(msgspec.json.encode(registry.state()), media_type="application/json")
+        state = registry.state()
+        version, wait = _long_poll(request)
+        if version is not None and wait > 0 and version == state.version:
+            state = await daemon.killswitch_watch.wait(version, wait)
+        return Response(msgspec.json.encode(state), media_type="application/json")
 
     async def killswitch_post(request: Request) -> Response:
         data = await json_body(request)

@@ -8,6 +8,7 @@ versions sees a change across daemon restarts too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ import duckdb
 
 from costwatch.protocol import SCOPE_KEYS, KillSwitch, KillSwitchState
 
-__all__ = ["KillSwitchRegistry", "ScopeError", "parse_scope"]
+__all__ = ["KillSwitchRegistry", "ScopeError", "StateWatch", "parse_scope"]
 
 log = logging.getLogger("costwatch.daemon.killswitch")
 Writer = Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any]
@@ -56,6 +57,7 @@ class KillSwitchRegistry:
         self._version = int(time.time() * 1000)
         self._state = KillSwitchState(engaged=[], version=self._version)
         self._next_expiry: float | None = None
+        self._listeners: list[Callable[[], None]] = []
         for row in rows or []:
             ks = _from_row(row)
             self._engaged[ks.id] = ks
@@ -163,12 +165,86 @@ class KillSwitchRegistry:
             else:
                 self._rebuild()
 
+    @property
+    def next_expiry(self) -> float | None:
+        """Epoch seconds when the next engaged switch expires (None: none will)."""
+        return self._next_expiry
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Called (from whichever thread changed it) after every state change."""
+        self._listeners.append(callback)
+
     def _rebuild(self) -> None:
         self._version += 1
         engaged = sorted(self._engaged.values(), key=lambda k: k.engaged_at)
         expiries = [k.expires_at for k in engaged if k.expires_at is not None]
         self._next_expiry = min(expiries) if expiries else None
         self._state = KillSwitchState(engaged=engaged, version=self._version)
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:  # a closed event loop must not stop an engage
+                log.debug("kill-switch listener failed", exc_info=True)
+
+
+class StateWatch:
+    """Long polls of ``GET /v1/killswitch?version=V&wait=S``, answered when the state changes.
+
+    An instrumented process keeps one such request open, so an engaged switch reaches it
+    in one round trip instead of at its next poll, and an idle process costs the daemon
+    one request per ``wait`` seconds. Changes come from any thread (the request handlers'
+    pool, the rule evaluator), so they are handed to the event loop. ``close()`` (daemon
+    shutdown) answers every open poll at once, so they do not hold the graceful shutdown.
+    """
+
+    def __init__(self, registry: KillSwitchRegistry) -> None:
+        self._registry = registry
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+        self.closed = False
+        registry.add_listener(self._notify)
+
+    async def wait(self, version: int, timeout: float) -> KillSwitchState:
+        """The state once its version differs from ``version``, or after ``timeout`` seconds."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._changed = asyncio.Event()
+        deadline = time.time() + timeout
+        state = self._registry.state()
+        while state.version == version and not self.closed:
+            remaining = deadline - time.time()
+            expiry = self._registry.next_expiry
+            if expiry is not None:  # an expiry is a change nobody announces: wake for it
+                remaining = min(remaining, expiry - time.time() + 0.001)
+            if remaining <= 0:
+                break
+            changed = self._changed
+            assert changed is not None
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                pass
+            state = self._registry.state()
+        return state
+
+    def close(self) -> None:
+        self.closed = True
+        self._notify()
+
+    def _notify(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    def _wake(self) -> None:
+        changed = self._changed
+        self._changed = asyncio.Event()  # the next waiters wait for the next change
+        if changed is not None:
+            changed.set()
 
 
 def _from_row(row: tuple[Any, ...]) -> KillSwitch:

@@ -35,7 +35,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from costwatch.daemon.app import build_app
-from costwatch.daemon.killswitch import KillSwitchRegistry
+from costwatch.daemon.killswitch import KillSwitchRegistry, StateWatch
 from costwatch.daemon.metrics import DaemonMetrics
 from costwatch.daemon.store import Store
 from costwatch.pricing import Pricer
@@ -89,6 +89,7 @@ class Daemon:
             self.metrics.registry.register(_StoreHealth(self.store))
             rows = self.store.read(KillSwitchRegistry.load)
             self.killswitches = KillSwitchRegistry(self.store.call, rows)
+            self.killswitch_watch = StateWatch(self.killswitches)
             self.services: list[BackgroundService] = [
                 s if isinstance(s, BackgroundService) else s(self) for s in services
             ]
@@ -163,6 +164,22 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server; its shutdown first answers the kill-switch long polls.
+
+    uvicorn waits for requests in flight before it stops: each instrumented process's
+    open ``GET /v1/killswitch?wait=…`` would otherwise hold the shutdown until its timeout.
+    """
+
+    def __init__(self, config: uvicorn.Config, daemon: Daemon) -> None:
+        super().__init__(config)
+        self._daemon = daemon
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._daemon.killswitch_watch.close()
+        await super().shutdown(sockets)
+
+
 def _server(daemon: Daemon) -> uvicorn.Server:
     config = uvicorn.Config(
         daemon.app,
@@ -171,7 +188,7 @@ def _server(daemon: Daemon) -> uvicorn.Server:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    return uvicorn.Server(config)
+    return _Server(config, daemon)
 
 
 def tune_gc() -> None:

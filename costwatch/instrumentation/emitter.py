@@ -1,10 +1,12 @@
-"""Background batching sender: bounded queue, one thread, disk spool, kill-switch polling.
+"""Background batching sender: bounded queue, disk spool, and the kill-switch long poll.
 
 Modelled on sentry-python's worker/transport: the app thread only appends to a
 bounded deque (no lock, no I/O, never raises); everything that costs time —
 converting raw facts into ``UsageEvent``, encoding, HTTP, disk — happens on the
-emitter thread. Drops are counted by named reason and reported to the daemon in
-the ``x-costwatch-dropped`` header.
+emitter thread. A second thread keeps one kill-switch long poll open, so a
+switch arrives one round trip after it is engaged whatever the flush interval.
+Drops are counted by named reason and reported to the daemon in the
+``x-costwatch-dropped`` header.
 
 The transport is the stdlib ``http.client`` on purpose: ``httpx``/``httpx2`` are
 patched by our own instrumentation in this process.
@@ -18,6 +20,7 @@ import http.client
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import weakref
@@ -42,6 +45,7 @@ _reply_decoder = msgspec.json.Decoder(IngestReply)
 _state_decoder = msgspec.json.Decoder(KillSwitchState)
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 CONVERT_SLICE = 200  # records converted between GIL hand-backs (time.sleep(0)) to the app
+LONG_POLL_S = 20.0  # how long the daemon may hold a kill-switch poll open
 # Statuses that mean "try again later" rather than "these events are bad".
 _RETRY_STATUSES = frozenset({401, 404, 408, 425, 429})
 
@@ -131,6 +135,9 @@ class Emitter:
         self._wake = threading.Event()
         self._stop = False
         self._conn: http.client.HTTPConnection | None = None
+        self._watch_conn: http.client.HTTPConnection | None = None  # the kill-switch long poll's own
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._token: str | None = None
         self._token_loaded = False
         self._backoff = _Backoff()
@@ -152,7 +159,6 @@ class Emitter:
             0,
         )
         self._reported: dict[str, int] = {}
-        self._last_state = float("-inf")  # monotonic time the kill-switch state was last refreshed
         self._next_scan = 0.0
         self._cpu_ns = 0  # the emitter thread's CPU time so far (benchmarks read it from stats())
 
@@ -170,6 +176,9 @@ class Emitter:
                 self.killswitch.restart_clock()
             thread.start()
             self._thread = thread
+            watcher = threading.Thread(target=self._watch, name="costwatch-killswitch", daemon=True)
+            watcher.start()
+            self._watcher = watcher
 
     def submit(self, item: _Item) -> None:
         """HOT PATH: append to the bounded queue; a full queue drops the new item (counted)."""
@@ -222,6 +231,7 @@ class Emitter:
         thread = self._thread
         self._stop = True
         self._wake.set()
+        self._stop_watching()
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
         if not ok or (thread is not None and thread.is_alive()):
@@ -271,7 +281,6 @@ class Emitter:
             for waiter in waiters:
                 waiter.done(ok)
         if not self._stop:
-            self._maybe_poll()
             self._maybe_replay()
         self.killswitch.refresh()
 
@@ -414,9 +423,8 @@ class Emitter:
         self._counts["replayed" if replay else "sent"] += len(events) - rejected
 
     def _contact(self, state: KillSwitchState, drops: dict[str, int] | None = None) -> None:
-        """A successful exchange: adopt the state, reset backoff, account the reported drops."""
-        self.killswitch.update(state)
-        self._last_state = time.monotonic()
+        """A successful ingest: adopt a newer state (the long poll may have one already), reset backoff."""
+        self.killswitch.update(state, newer_only=True)
         if self._backoff.failures:
             self._next_scan = 0.0  # recovered: replay the spool now
         self._backoff.ok()
@@ -436,18 +444,18 @@ class Emitter:
         return now, header or None
 
     def _authorized(
-        self, method: str, path: str, body: bytes | None, dropped: str | None
+        self, method: str, path: str, body: bytes | None, dropped: str | None, watch: bool = False
     ) -> tuple[int, bytes]:
         """One request; on 401 reread the token (the daemon may have created it since) and retry once."""
         if not self._token_loaded:
             self._token = self.settings.resolved_token()
             self._token_loaded = True
-        status, data = self._request(method, path, body, self._headers(body, dropped))
+        status, data = self._request(method, path, body, self._headers(body, dropped), watch)
         if status == 401:
             fresh = self.settings.resolved_token()
             if fresh != self._token:
                 self._token = fresh
-                status, data = self._request(method, path, body, self._headers(body, dropped))
+                status, data = self._request(method, path, body, self._headers(body, dropped), watch)
         return status, data
 
     def _headers(self, body: bytes | None, dropped: str | None) -> dict[str, str]:
@@ -461,58 +469,109 @@ class Emitter:
         return headers
 
     def _request(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str], watch: bool = False
     ) -> tuple[int, bytes]:
-        """A request on the kept-alive connection; a stale one (daemon restarted) is retried once."""
+        """A request on a kept-alive connection (the long poll has its own); a stale one is retried once."""
+        slot = "_watch_conn" if watch else "_conn"
+        read_timeout = self._watch_wait_s + 5.0 if watch else self.read_timeout_s
         for attempt in (0, 1):
-            conn = self._conn
+            conn = getattr(self, slot)
             reused = conn is not None and conn.sock is not None
             if conn is None:
                 cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                conn = self._conn = cls(self._host, self._port, timeout=self.connect_timeout_s)
+                conn = cls(self._host, self._port, timeout=self.connect_timeout_s)
+                setattr(self, slot, conn)
             try:
                 if conn.sock is None:
                     conn.connect()
-                    conn.sock.settimeout(self.read_timeout_s)  # type: ignore[union-attr]
+                    conn.sock.settimeout(read_timeout)  # type: ignore[union-attr]
                 conn.request(method, self._base_path + path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
                 return response.status, data
             except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
                 conn.close()
-                self._conn = None
+                setattr(self, slot, None)
                 if attempt or not reused:
                     raise
             except BaseException:
                 conn.close()
-                self._conn = None
+                setattr(self, slot, None)
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- kill-switch polling and spool replay ---------------------------------------------
 
-    def _maybe_poll(self) -> None:
-        """GET the kill-switch state when no ingest reply refreshed it within ``killswitch_poll_s``."""
-        if time.monotonic() - self._last_state < self._poll_s or self._backoff.waiting:
-            return
-        self._counts["polls"] += 1
-        try:
-            status, data = self._authorized("GET", "/v1/killswitch", None, None)
-            state = _state_decoder.decode(data) if status == 200 else None
-        except (*_TRANSPORT_ERRORS, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._log_once(
-                "poll", exc, "costwatch could not poll the kill switch at %s: %r", self.settings.url, exc
-            )
+    @property
+    def _watch_wait_s(self) -> float:
+        """How long the daemon may hold a long poll: fail-closed needs an answer well within its delay."""
+        if self.settings.fail_closed:
+            return min(LONG_POLL_S, max(0.5, self.settings.fail_closed_after_s / 2))
+        return LONG_POLL_S
+
+    def _watch(self) -> None:
+        """Thread ``costwatch-killswitch``: one long poll open at a time, so a change arrives in one round trip.
+
+        The daemon answers ``GET /v1/killswitch?version=V&wait=S`` when the state's version
+        is no longer V, or after S seconds. A server that answers at once with the same
+        version (an older daemon) is polled every ``killswitch_poll_s`` instead.
+        """
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            asked = self.killswitch.version
+            started = time.monotonic()
+            self._counts["polls"] += 1
+            path = f"/v1/killswitch?version={asked}&wait={self._watch_wait_s:g}"
             state = None
-        if state is None:
-            self._last_state = time.monotonic()
-            self._backoff.fail()
-            return
-        self._contact(state)
+            try:
+                status, data = self._authorized("GET", path, None, None, watch=True)
+                state = _state_decoder.decode(data) if status == 200 else None
+            except (*_TRANSPORT_ERRORS, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                if not self._stopping.is_set():
+                    self._log_once(
+                        "poll",
+                        exc,
+                        "costwatch could not poll the kill switch at %s: %r",
+                        self.settings.url,
+                        exc,
+                    )
+            if self._stopping.is_set():
+                return
+            if state is None:
+                backoff.fail()
+                self._stopping.wait(max(0.0, backoff.until - time.monotonic()))
+                continue
+            backoff.ok()
+            self.killswitch.update(state)
+            if self._backoff.failures:  # the daemon is back: the emitter thread sends and replays now
+                self._backoff.ok()
+                self._next_scan = 0.0
+                self._wake.set()
+            if state.version == asked:  # answered without waiting: plain polling
+                self._stopping.wait(max(0.0, self._poll_s - (time.monotonic() - started)))
+
+    def _stop_watching(self) -> None:
+        """Stop the long-poll thread: shutting its socket down ends the read it is blocked in."""
+        self._stopping.set()
+        conn = self._watch_conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(0.5)
+        conn, self._watch_conn = self._watch_conn, None
+        if conn is not None:
+            conn.close()
 
     def _maybe_replay(self) -> None:
-        """Replay one spool file per tick (ours or a dead process's) while the daemon answers."""
-        if self._backoff.failures:
+        """Replay one spool file per tick (ours or a dead process's) while the daemon answers.
+
+        After a failure, the first replay once the backoff has run out is the probe that
+        finds the daemon back (the long poll, when it gets an answer first, says so too).
+        """
+        if self._backoff.waiting:
             return
         now = time.monotonic()
         if not self._spool.pending_own and now < self._next_scan:

@@ -1,9 +1,9 @@
 """The client's view of kill-switch state, and the exception a blocked call raises.
 
 The view is read on the app's hot path (``active`` is a plain attribute, so the
-common "nothing engaged" case costs one attribute load) and written only by the
-emitter thread, which replaces whole tuples instead of mutating them, so
-readers never need a lock.
+common "nothing engaged" case costs one attribute load) and written by the
+emitter's two threads (ingest replies, the kill-switch long poll), which replace
+whole tuples instead of mutating them, so readers never need a lock.
 """
 
 from __future__ import annotations
@@ -47,10 +47,16 @@ class KillSwitchView:
 
     # -- written by the emitter thread -------------------------------------------------
 
-    def update(self, state: KillSwitchState) -> None:
-        """Adopt the daemon's state; called by the emitter thread after each successful reply."""
-        self._switches = tuple(state.engaged)
-        self.version = state.version
+    def update(self, state: KillSwitchState, newer_only: bool = False) -> None:
+        """Adopt the daemon's state after a successful reply.
+
+        ``newer_only`` (ingest replies): an older version is not adopted, since the long
+        poll may have brought a newer state while the ingest request was in flight. The
+        long poll's answer is always adopted (a restarted test daemon may count from 0).
+        """
+        if not newer_only or state.version >= self.version:
+            self._switches = tuple(state.engaged)
+            self.version = state.version
         self.mark_contact()
 
     def mark_contact(self) -> None:

@@ -46,11 +46,13 @@ def test_state_learned_by_polling_within_a_second(sink, make_emitter):
 def test_state_learned_from_ingest_reply(sink, make_emitter):
     emitter = make_emitter(sink.url, killswitch_poll_s=60)
     view = emitter.killswitch
-    assert _wait(lambda: sink.polls == 1 and view.version == 0, 2)  # the first tick polls once
+    # The first poll learns version 0, the second finds it unchanged: this sink answers at
+    # once (no long poll), so the next one waits killswitch_poll_s.
+    assert _wait(lambda: sink.polls == 2 and view.version == 0, 2)
     sink.engage({"model": "gpt-4o"})
     emitter.submit(Item())
     assert emitter.flush(2)
-    assert view.active and view.needs_model and sink.polls == 1
+    assert view.active and view.needs_model and sink.polls == 2
     assert view.blocking("test", "openai", "gpt-4o", None) is not None
     assert view.blocking("test", "openai", "gpt-4o-mini", None) is None
 

@@ -67,12 +67,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         sink = self.server.sink
-        if self.path.rstrip("/").endswith("/v1/killswitch"):
+        path = self.path.split("?", 1)[0].rstrip("/")  # a long poll adds ?version=…&wait=…
+        if path.endswith("/v1/killswitch"):
             sink.polls += 1
             if not self._fault(sink):
                 return
             self._reply(200, msgspec.json.encode(sink.killswitch))
-        elif self.path.rstrip("/").endswith("/healthz"):
+        elif path.endswith("/healthz"):
             self._reply(200, b'{"ok":true}')
         else:
             self._reply(404, b'{"error":"not found"}')
