@@ -87,43 +87,94 @@ _USAGE_MARKS: dict[bool, tuple[Any, tuple[Any, ...]]] = {
 }
 
 
-def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | None:
-    """The usual chat stream at byte level, or None to take the general path (`scan_stream`).
+_DONE = b"data: [DONE]\n\n"
 
-    Usual: every chunk is one ``data:`` event ending in a blank line and the last is
-    ``[DONE]``. Only the first events up to the first content (TTFT, model) and the
-    usage event are decoded; the generated-character count, which only feeds
-    estimates of unfinished streams, is not needed for a finished one.
+
+class _Unusual(Exception):
+    """An event `scan_chunks` does not read (several lines, another field): the general path does."""
+
+
+def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | None:
+    """A complete chat stream scanned at byte level, or None to take the general path (`scan_stream`).
+
+    Complete and plain: LF only, ending in ``[DONE]``, and every event it reads a one-line
+    ``data:`` event (or a comment) — however the network cut the bytes into chunks. A
+    real stream has one chunk per token, so the chunks are joined once in C and only
+    the events that matter are cut out and decoded: from the start up to the first
+    content (TTFT, model), from the end back to the usage event. The generated-character
+    count, which only feeds estimates of unfinished streams, is not needed for a
+    finished one.
     """
-    if api == RESPONSES or not chunks or chunks[-1][0] != b"data: [DONE]\n\n":
+    if api == RESPONSES or not chunks:
         return None
-    for chunk, _ in chunks:
-        if chunk[:6] != b"data: " or chunk.find(b"\n\n") != len(chunk) - 2 or b"\r" in chunk:
-            return None
-    usage: Usage | None = None
-    model: str | None = None
-    first_t: float | None = None
-    end = len(chunks) - 1
-    for i in range(end - 1, -1, -1):  # the usage event is one of the last
-        chunk = chunks[i][0]
-        if _has_usage(chunk):
-            data = _load(chunk[6:-2])
-            if isinstance(data, dict) and data.get("usage"):
-                usage = normalize_usage(api, data["usage"])
-                model = data["model"] if isinstance(data.get("model"), str) else None
-                break
-    for chunk, t in chunks[:end]:
-        data = _load(chunk[6:-2])
-        if not isinstance(data, dict):
-            continue
-        if model is None and isinstance(data.get("model"), str):
-            model = data["model"]
-        if _has_content(api, data):
-            first_t = t
-            break
+    data = b"".join([chunk for chunk, _ in chunks])
+    if not data.endswith(b"\n\n" + _DONE) or b"\r" in data:
+        return None
+    done = len(data) - len(_DONE)
+    try:
+        usage, model = _last_usage(api, data, done)
+        first_t, first_model = _first_content(api, data, done, chunks)
+    except _Unusual:
+        return None
     if first_t is None and usage is not None and usage.output_tokens:
         return None  # output but no content event recognised here: let the general path look
-    return StreamFacts(usage, usage is not None, model, first_t, 0, True)
+    return StreamFacts(usage, usage is not None, model or first_model, first_t, 0, True)
+
+
+def _last_usage(api: str, data: bytes, done: int) -> tuple[Usage | None, str | None]:
+    """(usage, model) of the last event with usage, walking back from ``[DONE]``."""
+    end = done - 2  # each block ends where its blank line starts
+    while end > 0:
+        start = data.rfind(b"\n\n", 0, end) + 2  # 1 when none: the first block starts at 0
+        start = 0 if start == 1 else start
+        block = data[start:end]
+        if _has_usage(block):
+            found = _event_data(block)
+            if isinstance(found, dict) and found.get("usage"):
+                model = found.get("model")
+                return normalize_usage(api, found["usage"]), model if isinstance(model, str) else None
+        end = start - 2
+    return None, None
+
+
+def _first_content(
+    api: str, data: bytes, done: int, chunks: list[tuple[bytes, float]]
+) -> tuple[float | None, str | None]:
+    """(time the first content event was complete, the first model seen up to it)."""
+    model: str | None = None
+    start = 0
+    while start < done:
+        end = data.find(b"\n\n", start)
+        found = _event_data(data[start:end])
+        start = end + 2
+        if not isinstance(found, dict):
+            continue
+        if model is None and isinstance(found.get("model"), str):
+            model = found["model"]
+        if _has_content(api, found):
+            return _time_at(chunks, start), model
+    return None, model
+
+
+def _event_data(block: bytes) -> Any:
+    """The decoded JSON of a one-line ``data:`` event; None for a comment or a non-JSON payload."""
+    if b"\n" in block:
+        raise _Unusual
+    if block[:6] == b"data: ":
+        return _load(block[6:])
+    if block[:1] == b":":  # a comment (keep-alive)
+        return None
+    raise _Unusual
+
+
+def _time_at(chunks: list[tuple[bytes, float]], offset: int) -> float:
+    """The timestamp of the chunk that brought byte ``offset - 1``: when that event was complete."""
+    seen = 0
+    for chunk, t in chunks:
+        seen += len(chunk)
+        if seen >= offset:
+            return t
+    return chunks[-1][1]
 
 
 def _has_content(api: str, data: dict[str, Any]) -> bool:

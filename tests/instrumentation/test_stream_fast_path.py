@@ -80,12 +80,30 @@ def test_generated_streams_agree(seed: int) -> None:
         assert fast == general
 
 
+def _cut(raw: bytes, rng: random.Random) -> list[tuple[bytes, float]]:
+    """``raw`` cut at random byte positions, as a network read may: events split and merged."""
+    cuts = sorted(rng.sample(range(1, len(raw)), min(len(raw) - 1, rng.randrange(1, 40))))
+    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+    return [(piece, float(i)) for i, piece in enumerate(pieces)]
+
+
+@pytest.mark.parametrize("name", CHAT_FIXTURES)
+@pytest.mark.parametrize("seed", range(10))
+def test_any_chunking_agrees(name: str, seed: int) -> None:
+    chunks = _cut((FIXTURES / name).read_bytes(), random.Random(seed))
+    fast = _fast("chat", chunks)
+    assert fast is not None, "a plain LF stream takes the fast path however it is chunked"
+    assert fast == _general("chat", chunks)  # TTFT: the chunk that completed the first content event
+
+
 def test_unusual_shapes_fall_back() -> None:
     raw = (FIXTURES / CHAT_FIXTURES[0]).read_bytes()
     chunks = _one_event_per_chunk(raw)
-    merged = [(chunks[0][0] + chunks[1][0], 0.0), *chunks[2:]]  # two events in one chunk
-    assert _fast("chat", merged) is None
     assert _fast("chat", chunks[:-1]) is None  # no [DONE]: unfinished, the general path estimates
     crlf = [(c.replace(b"\n", b"\r\n"), t) for c, t in chunks]
     assert _fast("chat", crlf) is None
     assert _fast("responses", chunks) is None
+    named = [(b"event: chunk\n" + chunks[1][0], 1.0), *chunks[2:]]  # an event of two lines
+    assert _fast("chat", [chunks[0], *named]) is None
+    comment = [chunks[0], (b": keep-alive\n\n", 0.5), *chunks[1:]]  # a comment is one line, skipped
+    assert _fast("chat", comment) == _general("chat", comment)
