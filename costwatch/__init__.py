@@ -11,12 +11,14 @@ must not pay ~150 ms for instrumentation it never runs (docs/benchmarks.md, §4)
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 # The exceptions are tiny and must be the very classes the instrumentation raises: import them now.
 from costwatch.errors import BudgetExhausted, CallBlocked, KillSwitchEngaged, RateLimited
 
+TYPE_CHECKING = False  # not `typing`'s: every command imports this package
 if TYPE_CHECKING:
+    from typing import Any
+
     from costwatch.context import attribute
     from costwatch.instrumentation import flush, instrument, uninstrument
 

@@ -22,10 +22,11 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
 
+TYPE_CHECKING = False  # not `typing`'s: the light path does not import typing (see costwatch.sources)
 if TYPE_CHECKING:
     import http.client
+    from typing import Any, NoReturn
 
     from costwatch.sources import DaemonEndpoint
 
