@@ -125,8 +125,8 @@ def _last_usage(api: str, data: bytes, done: int) -> tuple[Usage | None, str | N
     """(usage, model) of the last event with usage, walking back from ``[DONE]``."""
     end = done - 2  # each block ends where its blank line starts
     while end > 0:
-        start = data.rfind(b"\n\n", 0, end) + 2  # 1 when none: the first block starts at 0
-        start = 0 if start == 1 else start
+        sep = data.rfind(b"\n\n", 0, end)
+        start = sep + 2 if sep >= 0 else 0  # no separator before it: the first block
         block = data[start:end]
         if _has_usage(block):
             found = _event_data(block)

@@ -512,10 +512,8 @@ def _header_values(headers: Any) -> dict[bytes, bytes]:
         pairs = [(lower, value) for _, lower, value in items]
     elif getattr(headers, "raw", None) is not None:
         pairs = [(key.lower(), value) for key, value in headers.raw]
-    else:  # a plain mapping of str
-        pairs = [
-            (key.lower().encode("latin-1"), str(value).encode("latin-1")) for key, value in headers.items()
-        ]
+    else:  # a plain mapping
+        pairs = [(_latin1(key).lower(), _latin1(value)) for key, value in headers.items()]
     values = {}
     for lower, value in pairs:
         if lower not in values:
@@ -523,6 +521,10 @@ def _header_values(headers: Any) -> dict[bytes, bytes]:
         elif lower != b"content-type":
             values[lower] = _REPEATED
     return values
+
+
+def _latin1(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("latin-1", "replace")
 
 
 def _request_header(headers: Any, name: bytes) -> str | None:
