@@ -1,12 +1,17 @@
 """4. Kill-switch propagation: `costwatch kill` → first blocked call in 10 instrumented processes.
 
 Per round: a real daemon, 10 processes each calling the fast server with the
-real openai SDK every ``PACE_S`` (instrumented with ``costwatch.autoinstrument``,
-default settings: state polled every 0.5 s or refreshed by each ingest reply);
+real openai SDK every ``pace_s`` (instrumented with ``costwatch.autoinstrument``,
+default settings: each keeps a long poll on the daemon's kill-switch state);
 once all are ready, the `costwatch kill` CLI runs; each process records the wall
 time of its first `KillSwitchEngaged`. Propagation is measured from the
 moment the daemon engaged the switch (its ``engaged_at``, same host clock) and
 from the CLI's start (what an operator sees, CLI start-up included). Then `costwatch resume --all` and the next round.
+
+Two loads: ``saturated`` (a call every 10 ms per process: both cores busy, the CLI gets
+a small share of a core) and ``paced`` (20 calls/s per process, 200/s in all: a busy
+service that leaves the machine some headroom). A process notices the switch at its
+next call, so the first-block times include up to one pace interval.
 """
 
 from __future__ import annotations
@@ -20,8 +25,21 @@ from typing import Any
 from bench.common import ROOT, costwatch_cmd, env_for_children, mmm, start_daemon, start_url_proc, tempdir
 
 PROCS = 10
-PACE_S = 0.01
+LOADS = (("saturated", 0.01), ("paced", 0.05))
 TARGET_P99_MS = 500.0
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of all cores busy between two `_cpu_times` readings."""
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
 
 
 def _p99(values: list[float]) -> float:
@@ -31,6 +49,11 @@ def _p99(values: list[float]) -> float:
 
 def run(quick: bool, log: Any = print) -> dict[str, Any]:
     rounds = 2 if quick else 5
+    loads = [_load(label, pace, rounds, log) for label, pace in LOADS]
+    return {"quick": quick, "rounds": rounds, "procs": PROCS, "loads": loads}
+
+
+def _load(label: str, pace_s: float, rounds: int, log: Any) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     server = start_url_proc([sys.executable, "-m", "bench.fastserver"])
     try:
@@ -45,7 +68,7 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
             try:
                 for r in range(rounds):
                     procs = [
-                        subprocess.Popen([sys.executable, "-m", "bench.killswitch_worker", server.url, str(PACE_S)],
+                        subprocess.Popen([sys.executable, "-m", "bench.killswitch_worker", server.url, str(pace_s)],
                                          cwd=ROOT, env=app_env, stdout=subprocess.PIPE, text=True)
                         for _ in range(PROCS)
                     ]  # fmt: skip
@@ -53,7 +76,9 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
                         assert p.stdout is not None
                         if p.stdout.readline().strip() != "ready":
                             raise RuntimeError("a kill-switch worker did not get ready")
+                    cpu0 = _cpu_times()
                     time.sleep(1.0)  # steady state: every process past its first poll
+                    busy = _busy(cpu0, _cpu_times())
                     t_start = time.time()
                     subprocess.run([*costwatch_cmd(), "kill", "--port", port, "--reason", "bench"], env=cli_env,
                                    check=True, capture_output=True, timeout=60)  # fmt: skip
@@ -71,9 +96,9 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
                     from_engage = [(b - engaged_at) * 1000 for b in blocked if b is not None]
                     samples.append({"round": r, "cli_ms": (t_end - t_start) * 1000, "cli_to_engage_ms": (engaged_at - t_start) * 1000,
                                     "from_cli_start_ms": from_start, "from_engage_ms": from_engage,
-                                    "not_blocked": sum(b is None for b in blocked)})  # fmt: skip
+                                    "not_blocked": sum(b is None for b in blocked), "cpu_busy_pct": busy * 100})  # fmt: skip
                     log(
-                        f"killswitch r{r}: CLI {(t_end - t_start) * 1000:.0f} ms (engaged after {(engaged_at - t_start) * 1000:.0f} ms);"
+                        f"killswitch {label} r{r} (CPU {busy:.0%} busy): CLI {(t_end - t_start) * 1000:.0f} ms (engaged after {(engaged_at - t_start) * 1000:.0f} ms);"
                         f" first block {min(from_engage):.0f}–{max(from_engage):.0f} ms after the daemon engaged,"
                         f" {min(from_start):.0f}–{max(from_start):.0f} ms after the CLI started"
                     )
@@ -84,12 +109,13 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
     start_all = [v for s in samples for v in s["from_cli_start_ms"]]
     eng_all = [v for s in samples for v in s["from_engage_ms"]]
     return {
-        "quick": quick, "rounds": rounds, "procs": PROCS, "pace_s": PACE_S, "samples": samples,
+        "label": label, "pace_s": pace_s, "samples": samples,
         "summary": {
             "from_cli_start_ms": {**mmm(start_all), "p99": _p99(start_all)},
             "from_engage_ms": {**mmm(eng_all), "p99": _p99(eng_all)},
             "cli_ms": mmm([s["cli_ms"] for s in samples]),
             "cli_to_engage_ms": mmm([s["cli_to_engage_ms"] for s in samples]),
             "not_blocked": sum(s["not_blocked"] for s in samples),
+            "cpu_busy_pct": mmm([s["cpu_busy_pct"] for s in samples]),
         },
     }  # fmt: skip
