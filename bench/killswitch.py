@@ -60,8 +60,7 @@ def _load(label: str, pace_s: float, rounds: int, log: Any) -> dict[str, Any]:
         with tempdir("killswitch") as tmp:
             state = tmp / "state"
             daemon = start_daemon(state)
-            port = daemon.url.rsplit(":", 1)[1]
-            cli_env = env_for_children(COSTWATCH_STATE_DIR=str(state))
+            cli_env = env_for_children(COSTWATCH_STATE_DIR=str(state), COSTWATCH_URL=daemon.url)
             app_env = env_for_children(
                 COSTWATCH_STATE_DIR=str(state), COSTWATCH_URL=daemon.url, COSTWATCH_APP="bench"
             )
@@ -80,7 +79,7 @@ def _load(label: str, pace_s: float, rounds: int, log: Any) -> dict[str, Any]:
                     time.sleep(1.0)  # steady state: every process past its first poll
                     busy = _busy(cpu0, _cpu_times())
                     t_start = time.time()
-                    subprocess.run([*costwatch_cmd(), "kill", "--port", port, "--reason", "bench"], env=cli_env,
+                    subprocess.run([*costwatch_cmd(), "kill", "--reason", "bench"], env=cli_env,
                                    check=True, capture_output=True, timeout=60)  # fmt: skip
                     t_end = time.time()
                     engaged_at = max(
@@ -90,7 +89,7 @@ def _load(label: str, pace_s: float, rounds: int, log: Any) -> dict[str, Any]:
                     for p in procs:
                         out, _ = p.communicate(timeout=60)
                         blocked.append(json.loads(out.strip().splitlines()[-1])["blocked_at"])
-                    subprocess.run([*costwatch_cmd(), "resume", "--all", "--port", port], env=cli_env,
+                    subprocess.run([*costwatch_cmd(), "resume", "--all"], env=cli_env,
                                    check=True, capture_output=True, timeout=60)  # fmt: skip
                     from_start = [(b - t_start) * 1000 for b in blocked if b is not None]
                     from_engage = [(b - engaged_at) * 1000 for b in blocked if b is not None]

@@ -180,12 +180,11 @@ def daemon_phase(path: Path, state: Path, reps: int, cli_reps: int) -> dict[str,
                 res = daemon.request("POST", "/v1/sql", {"sql": sql})
                 out["http"][q].append((time.perf_counter() - s) * 1000)
                 out["in_daemon"][q].append(res["elapsed_ms"])
-        port = daemon.url.rsplit(":", 1)[1]
-        env = env_for_children(COSTWATCH_STATE_DIR=str(state))
+        env = env_for_children(COSTWATCH_STATE_DIR=str(state), COSTWATCH_URL=daemon.url)
         for _ in range(cli_reps):
             for q, sql in QUERIES.items():
                 s = time.perf_counter()
-                subprocess.run([*costwatch_cmd(), "sql", "--port", port, "--format", "json", sql], env=env,
+                subprocess.run([*costwatch_cmd(), "sql", "--format", "json", sql], env=env,
                                check=True, capture_output=True, timeout=120)  # fmt: skip
                 out["cli"][q].append((time.perf_counter() - s) * 1000)
         out["rss_idle_mb"] = rss_idle

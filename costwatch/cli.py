@@ -1,9 +1,13 @@
 """`costwatch` command line: a thin layer over the daemon's HTTP API.
 
-While the daemon runs it holds DuckDB's file lock, so every command goes
-through its API; when it is not running, commands open the file themselves
-with the same code (read-only and sandboxed for `sql`). Errors are one line
-on stderr with exit status 1 (2 for usage errors), never a traceback.
+Every command finds the daemon where apps do: ``--url`` > ``COSTWATCH_URL`` >
+the config file's ``url`` > ``http://127.0.0.1:7707``. A command never falls
+back to a file on its own: when no daemon answers at that URL it says so and
+exits 1 (a kill switch it could not engage is never reported as engaged).
+Offline work on a file is asked for with ``--db PATH`` and says so in its
+output; when a running daemon holds PATH, the command goes through that daemon
+if it is the one at the URL. Errors are one line on stderr with exit status 1
+(2 for usage errors), never a traceback.
 
 Start-up is on the kill switch's critical path (an operator's `costwatch kill`
 until the processes refuse calls), so this module imports only the standard
@@ -99,18 +103,14 @@ def load_settings(args: argparse.Namespace, **extra: Any) -> Any:
         raise CLIError(f"cannot read the config file: {exc}", 2) from None
 
 
-class _DaemonDown(CLIError):
-    """Nothing accepted a connection at the daemon's address; commands that can open the file do so."""
-
-
 def client_for(args: argparse.Namespace) -> Client:
-    """The daemon's address and token from flags > env > config file > token file, without pydantic."""
+    """The daemon at ``--url`` > ``COSTWATCH_URL`` > the config file's ``url`` > the default, as apps find it."""
     from costwatch.sources import SettingError, daemon_endpoint
 
     if getattr(args, "config", None):
         os.environ["COSTWATCH_CONFIG"] = str(args.config)
     try:
-        endpoint = daemon_endpoint(getattr(args, "host", None), getattr(args, "port", None))
+        endpoint = daemon_endpoint(getattr(args, "url", None))
     except SettingError as exc:
         raise CLIError(f"invalid setting {exc.field}: {exc.msg} (got {exc.value!r})", 2) from None
     except (OSError, ValueError) as exc:
@@ -121,8 +121,9 @@ def client_for(args: argparse.Namespace) -> Client:
 class Client:
     """The daemon's HTTP API as seen from the CLI: one kept-alive ``http.client`` connection.
 
-    There is no separate health probe: a request whose connection is refused
-    raises `_DaemonDown`, which the commands with a file fallback catch.
+    Every failure is a `CLIError` that names the URL: nothing answering, an answer that
+    never came (a hung daemon), or one that is not a costwatch daemon's. There is no file
+    fallback here: offline use is ``--db PATH`` only.
     """
 
     connect_timeout_s = 1.0
@@ -131,9 +132,23 @@ class Client:
         self.endpoint = endpoint
         self.url = endpoint.url
         self.token = endpoint.token
+        self._https, self._host, self._port, self._prefix = endpoint.parts
         self._conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 120,
+        expect: tuple[str, ...] = (),
+        not_done: str = "",
+    ) -> Any:
+        """The JSON object the daemon answered; ``expect`` names keys a real answer has.
+
+        ``not_done`` ends the message when the request surely did not take effect (nothing
+        answered); a request that was sent but never answered says the outcome is unknown.
+        """
         import http.client
         import json
 
@@ -145,12 +160,19 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         for attempt in (0, 1):
             reused = self._conn is not None
-            conn = self._connection(timeout)
+            conn = self._connection(timeout, not_done)
             try:
-                conn.request(method, path, body=payload, headers=headers)
+                conn.request(method, self._prefix + path, body=payload, headers=headers)
                 response = conn.getresponse()
                 status, raw = response.status, response.read()
                 break
+            except TimeoutError:
+                self.close()
+                unknown = "; it is not known whether it took effect" if not_done else ""
+                raise CLIError(
+                    f"the daemon at {self.url} accepted the connection but did not answer"
+                    f" within {timeout:g} s{unknown}"
+                ) from None
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 # A kept-alive connection the daemon closed meanwhile is retried once.
@@ -158,29 +180,39 @@ class Client:
                     exc, ConnectionResetError | BrokenPipeError | http.client.RemoteDisconnected
                 )
                 if attempt or not reused or not stale:
-                    raise CLIError(f"cannot reach the daemon at {self.url}: {exc}") from None
+                    unknown = "; it is not known whether it took effect" if not_done else ""
+                    raise CLIError(f"the daemon at {self.url} failed to answer: {exc!r}{unknown}") from None
         try:
             data = json.loads(raw)
         except ValueError:
-            data = {"error": raw.decode("utf-8", "replace").strip()[:200]}
+            data = None
+        if not isinstance(data, dict):
+            snippet = raw[:80].decode("utf-8", "replace").strip()
+            raise CLIError(
+                f"{self.url} did not answer like a costwatch daemon (HTTP {status}: {snippet!r}){not_done}"
+            )
         if status >= 400:
-            message = data.get("error") if isinstance(data, dict) else None
-            raise CLIError(message or f"the daemon answered HTTP {status}")
+            message = data.get("error") if isinstance(data.get("error"), str) else None
+            if status in (400, 422) and message:
+                raise CLIError(message)
+            raise CLIError(f"the daemon at {self.url} answered HTTP {status}: {message or data}{not_done}")
+        if any(key not in data for key in expect):
+            raise CLIError(f"{self.url} did not answer like a costwatch daemon (no {expect}){not_done}")
         return data
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+    def _connection(self, timeout: float, not_done: str) -> http.client.HTTPConnection:
         import http.client
 
         conn = self._conn
         if conn is None or conn.sock is None:
-            conn = http.client.HTTPConnection(
-                self.endpoint.host, self.endpoint.port, timeout=self.connect_timeout_s
-            )
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.connect_timeout_s)
             try:
                 conn.connect()
             except OSError as exc:
                 conn.close()
-                raise _DaemonDown(f"cannot reach the daemon at {self.url}: {exc}") from None
+                reason = exc.strerror or repr(exc)
+                raise CLIError(f"no daemon answered at {self.url} ({reason}){not_done}") from None
             self._conn = conn
         conn.sock.settimeout(timeout)  # type: ignore[union-attr]
         return conn
@@ -191,14 +223,23 @@ class Client:
             conn.close()
 
 
-def _open_file_without_daemon(settings: Any, client: Client) -> Any:
-    """The DB file, read-only, for commands that found no daemon answering."""
+def _offline(args: argparse.Namespace) -> Any:
+    """``--db PATH``: the settings for working on the file itself (None without ``--db``)."""
+    return load_settings(args) if getattr(args, "db", None) else None
+
+
+def _holder(args: argparse.Namespace, settings: Any) -> Client:
+    """``--db PATH`` is locked: go through the daemon at the URL only if it serves exactly PATH."""
+    client = client_for(args)
+    path = settings.db_path
     try:
-        return _open_read_only(settings)
-    except _Locked:
-        raise CLIError(
-            f"{settings.db_path} is locked but the daemon does not answer at {client.url}"
-        ) from None
+        served = client.request("GET", "/v1/status", timeout=10, expect=("db_path",))["db_path"]
+    except CLIError as exc:
+        raise CLIError(f"{path} is locked by another process, and {exc}") from None
+    if Path(served).resolve() != Path(path).resolve():
+        raise CLIError(f"{path} is locked by another process; the daemon at {client.url} serves {served}")
+    print(f"costwatch: {path} is served by the daemon at {client.url}: going through it", file=sys.stderr)
+    return client
 
 
 def _open_read_only(settings: Any) -> Any:
@@ -208,7 +249,7 @@ def _open_read_only(settings: Any) -> Any:
 
     path = settings.db_path
     if not path.exists():
-        raise CLIError(f"no database at {path} (start `costwatch daemon` first, or pass --db)")
+        raise CLIError(f"no database at {path}")
     try:
         return open_database(
             path,
@@ -225,6 +266,10 @@ def _open_read_only(settings: Any) -> Any:
 
 class _Locked(Exception):
     """The file is held by a running daemon."""
+
+
+def _offline_note(settings: Any) -> None:
+    print(f"costwatch: offline: read {settings.db_path} directly (no daemon consulted)", file=sys.stderr)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -291,24 +336,18 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    if not args.db:  # the daemon holds the file while it runs: ask it first
-        client = client_for(args)
-        try:
-            data = client.request("POST", "/v1/sql", {"sql": args.query})
-        except _DaemonDown:
-            pass
-        else:
-            _print_daemon_rows(data, args.format)
-            return 0
+    settings = _offline(args)
+    if settings is None:  # the daemon holds the file while it runs: ask it
+        _print_daemon_rows(_daemon_sql(client_for(args), args.query), args.format)
+        return 0
     from costwatch.daemon.sql import QueryError, run_query
 
-    settings = load_settings(args)
     try:
         con = _open_read_only(settings)
-    except _Locked:  # --db names the file the running daemon holds
-        data = client_for(args).request("POST", "/v1/sql", {"sql": args.query})
-        _print_daemon_rows(data, args.format)
+    except _Locked:  # --db names the file a running daemon holds
+        _print_daemon_rows(_daemon_sql(_holder(args, settings), args.query), args.format)
         return 0
+    _offline_note(settings)
     try:
         result = run_query(con, args.query, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows)
     except QueryError as exc:
@@ -317,6 +356,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
         con.close()
     _print_rows(result.columns, result.rows, args.format, result.truncated, from_daemon=False)
     return 0
+
+
+def _daemon_sql(client: Client, query: str) -> dict[str, Any]:
+    return client.request("POST", "/v1/sql", {"sql": query}, expect=("columns", "rows"))
 
 
 def _print_daemon_rows(data: dict[str, Any], fmt: str) -> None:
@@ -349,18 +392,21 @@ def _print_rows(columns: list[str], rows: list[Any], fmt: str, truncated: bool, 
         print(f"costwatch: result truncated to {len(rows)} rows", file=sys.stderr)
 
 
-def _direct_registry(settings: Any) -> tuple[Any, Any]:
-    """A kill-switch registry on the file itself (daemon down)."""
+def _file_registry(args: argparse.Namespace, settings: Any) -> tuple[Any, Any] | Client:
+    """``--db PATH``: a kill-switch registry on the file, or the daemon that holds it."""
     import duckdb
 
     from costwatch.daemon.killswitch import KillSwitchRegistry
     from costwatch.daemon.store import open_database
 
+    if not settings.db_path.exists():
+        raise CLIError(f"no database at {settings.db_path}")
     try:
         con = open_database(settings.db_path, timezone=settings.timezone)
     except duckdb.IOException as exc:
-        first = str(exc).splitlines()[0]
-        raise CLIError(f"the daemon is not answering and {settings.db_path} is locked ({first})") from None
+        if "lock" in str(exc).lower():
+            return _holder(args, settings)
+        raise CLIError(f"cannot open {settings.db_path}: {str(exc).splitlines()[0]}") from None
 
     def write(fn: Any) -> Any:
         con.execute("BEGIN")
@@ -375,26 +421,43 @@ def _direct_registry(settings: Any) -> tuple[Any, Any]:
     return con, KillSwitchRegistry(write, KillSwitchRegistry.load(con))
 
 
+_NOT_ENGAGED = "; the kill switch was NOT engaged"
+_NOT_LIFTED = "; nothing was lifted"
+_TOLD_NOBODY = "no daemon was told: apps learn it only once a daemon serves this file"
+_WRITE_TIMEOUT_S = 15.0
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     scope = parse_scope(args.scope)
     for_s = parse_duration(args.for_) if args.for_ else None
-    client = client_for(args)
     where = ", ".join(f"{k}={v}" for k, v in sorted(scope.items())) or "global"
-    body = {"action": "engage", "scope": scope, "reason": args.reason, "for_s": for_s, "source": "cli"}
-    try:
-        client.request("POST", "/v1/killswitch", body)
-    except _DaemonDown:
-        from costwatch.daemon.killswitch import ScopeError
-
-        con, registry = _direct_registry(load_settings(args))
-        try:
-            registry.engage(scope, args.reason, "cli", time.time() + for_s if for_s else None)
-        except ScopeError as exc:
-            raise CLIError(str(exc), 2) from None
-        finally:
-            con.close()
     until = f" for {args.for_}" if for_s else ""
-    print(f"kill switch engaged: scope {where}{until} ({args.reason})")
+    settings = _offline(args)
+    target = client_for(args) if settings is None else _file_registry(args, settings)
+    if isinstance(target, Client):
+        body = {"action": "engage", "scope": scope, "reason": args.reason, "for_s": for_s, "source": "cli"}
+        target.request(
+            "POST",
+            "/v1/killswitch",
+            body,
+            timeout=_WRITE_TIMEOUT_S,
+            expect=("killswitch",),
+            not_done=_NOT_ENGAGED,
+        )
+        print(f"kill switch engaged at {target.url}: scope {where}{until} ({args.reason})")
+        return 0
+    from costwatch.daemon.killswitch import ScopeError
+
+    con, registry = target
+    try:
+        registry.engage(scope, args.reason, "cli", time.time() + for_s if for_s else None)
+    except ScopeError as exc:
+        raise CLIError(str(exc), 2) from None
+    finally:
+        con.close()
+    print(
+        f"kill switch engaged in {settings.db_path}: scope {where}{until} ({args.reason}); offline: {_TOLD_NOBODY}"
+    )
     return 0
 
 
@@ -402,56 +465,67 @@ def cmd_resume(args: argparse.Namespace) -> int:
     scope = parse_scope(args.scope)
     if args.all and scope:
         raise CLIError("use either --scope or --all", 2)
-    client = client_for(args)
-    body = {"action": "lift", "scope": scope, "all": bool(args.all), "by": "cli"}
-    try:
-        lifted = client.request("POST", "/v1/killswitch", body)["lifted"]
-    except _DaemonDown:
-        from costwatch.daemon.killswitch import ScopeError
-
-        con, registry = _direct_registry(load_settings(args))
-        try:
-            lifted = registry.lift(None if args.all else scope, "cli")
-        except ScopeError as exc:
-            raise CLIError(str(exc), 2) from None
-        finally:
-            con.close()
     where = (
         "all scopes"
         if args.all
         else "scope " + (", ".join(f"{k}={v}" for k, v in sorted(scope.items())) or "global")
     )
-    print(f"lifted {lifted} kill switch(es) on {where}")
+    settings = _offline(args)
+    target = client_for(args) if settings is None else _file_registry(args, settings)
+    if isinstance(target, Client):
+        body = {"action": "lift", "scope": scope, "all": bool(args.all), "by": "cli"}
+        reply = target.request(
+            "POST", "/v1/killswitch", body, timeout=_WRITE_TIMEOUT_S, expect=("lifted",), not_done=_NOT_LIFTED
+        )
+        lifted = reply["lifted"]
+        print(f"lifted {lifted} kill switch(es) on {where} at {target.url}")
+        return 0 if lifted else 1
+    from costwatch.daemon.killswitch import ScopeError
+
+    con, registry = target
+    try:
+        lifted = registry.lift(None if args.all else scope, "cli")
+    except ScopeError as exc:
+        raise CLIError(str(exc), 2) from None
+    finally:
+        con.close()
+    print(f"lifted {lifted} kill switch(es) on {where} in {settings.db_path}; offline: {_TOLD_NOBODY}")
     return 0 if lifted else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = client_for(args)
-    try:
-        data = client.request("GET", "/v1/status")
-    except _DaemonDown:
-        from costwatch.daemon import store as store_mod
-        from costwatch.daemon.killswitch import KillSwitchRegistry
-
-        settings = load_settings(args)
-        forecasts = []
-        print(f"daemon: not running (nothing answered at {client.url})")
-        con = _open_file_without_daemon(settings, client)
+    settings = _offline(args)
+    forecasts: list[dict[str, Any]] = []
+    if settings is not None:
         try:
-            data = store_mod.summary(con, settings.timezone)
-            engaged = [
-                {"scope": r[1], "reason": r[2], "source": r[3], "engaged_at": r[4], "expires_at": r[5]}
-                for r in KillSwitchRegistry.load(con)
-                if r[5] is None or r[5] > time.time()
-            ]
-        finally:
-            con.close()
+            con = _open_read_only(settings)
+        except _Locked:
+            client = _holder(args, settings)
+        else:
+            client = None
+            from costwatch.daemon import store as store_mod
+            from costwatch.daemon.killswitch import KillSwitchRegistry
+
+            print(f"daemon: not consulted (offline read of {settings.db_path})")
+            try:
+                data = store_mod.summary(con, settings.timezone)
+                engaged = [
+                    {"scope": r[1], "reason": r[2], "source": r[3], "engaged_at": r[4], "expires_at": r[5]}
+                    for r in KillSwitchRegistry.load(con)
+                    if r[5] is None or r[5] > time.time()
+                ]
+            finally:
+                con.close()
     else:
+        client = client_for(args)
+    if client is not None:
+        data = client.request("GET", "/v1/status", timeout=10, expect=("db_path", "killswitch", "events"))
         print(f"daemon: running at {client.url} (up {data['uptime_s']:.0f} s)")
+        print(f"database: {data['db_path']}")
         if data.get("health"):
             print("health: degraded: " + "; ".join(data["health"]))
         engaged = data["killswitch"]["engaged"]
-        forecasts = client.request("GET", "/v1/budgets").get("budgets", [])
+        forecasts = client.request("GET", "/v1/budgets", timeout=10).get("budgets", [])
     print(f"events stored: {data['events']}")
     print(
         f"spend today: ${data['spend_today_usd']:.4f}   "
@@ -475,39 +549,61 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reprice(args: argparse.Namespace) -> int:
-    from costwatch.daemon.store import reprice_file
-    from costwatch.pricing import Pricer
-
-    settings = load_settings(args)
     since = parse_since(args.since)
-    client = client_for(args)
-    try:
-        result = client.request("POST", "/v1/admin/reprice", {"since": since}, timeout=600)
-    except _DaemonDown:
-        result = reprice_file(settings.db_path, Pricer(settings.prices), since, timezone=settings.timezone)
+    settings = _offline(args)
+    if settings is None:
+        result = client_for(args).request(
+            "POST", "/v1/admin/reprice", {"since": since}, timeout=600, expect=("repriced", "priced")
+        )
+    else:
+        import duckdb
+
+        from costwatch.daemon.store import reprice_file
+        from costwatch.pricing import Pricer
+
+        if not settings.db_path.exists():
+            raise CLIError(f"no database at {settings.db_path}")
+        try:
+            result = reprice_file(
+                settings.db_path, Pricer(settings.prices), since, timezone=settings.timezone
+            )
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise CLIError(f"cannot open {settings.db_path}: {str(exc).splitlines()[0]}") from None
+            result = _holder(args, settings).request(
+                "POST", "/v1/admin/reprice", {"since": since}, timeout=600, expect=("repriced", "priced")
+            )
+        else:
+            _offline_note(settings)
     print(f"repriced {result['repriced']} events ({result['priced']} priced)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from costwatch.daemon.store import export_parquet
-
-    settings = load_settings(args)
     since = parse_since(args.since)
     directory = Path(args.parquet).resolve()
-    client = client_for(args)
-    try:
-        result = client.request(
-            "POST", "/v1/admin/export", {"dir": str(directory), "since": since}, timeout=600
+    settings = _offline(args)
+    body = {"dir": str(directory), "since": since}
+    if settings is None:
+        result = client_for(args).request(
+            "POST", "/v1/admin/export", body, timeout=600, expect=("rows", "files")
         )
-    except _DaemonDown:
-        con = _open_file_without_daemon(settings, client)
+    else:
+        from costwatch.daemon.store import export_parquet
+
         try:
-            result = export_parquet(con, directory, since)
-        except OSError as exc:
-            raise CLIError(f"cannot write {directory}: {exc.strerror or exc}") from None
-        finally:
-            con.close()
+            con = _open_read_only(settings)
+        except _Locked:
+            client = _holder(args, settings)
+            result = client.request("POST", "/v1/admin/export", body, timeout=600, expect=("rows", "files"))
+        else:
+            _offline_note(settings)
+            try:
+                result = export_parquet(con, directory, since)
+            except OSError as exc:
+                raise CLIError(f"cannot write {directory}: {exc.strerror or exc}") from None
+            finally:
+                con.close()
     print(f"exported {result['rows']} events into {len(result['files'])} file(s) under {directory}")
     return 0
 
@@ -553,14 +649,16 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_reload(args: argparse.Namespace) -> int:
-    load_settings(args)  # an invalid setting is reported as for every other command
-    result = client_for(args).request("POST", "/v1/rules/reload")
+    client = client_for(args)
+    result = client.request(
+        "POST", "/v1/rules/reload", timeout=60, expect=("errors", "rules"), not_done="; rules NOT reloaded"
+    )
     if result["errors"]:
         for line in result["errors"]:
             print(line, file=sys.stderr)
         print("rules NOT reloaded; the daemon keeps running the previous rules", file=sys.stderr)
         return 1
-    print(f"reloaded {result['rules']} rule(s)")
+    print(f"reloaded {result['rules']} rule(s) at {client.url}")
     return 0
 
 
@@ -570,24 +668,31 @@ def cmd_rules_backtest(args: argparse.Namespace) -> int:
     from costwatch.daemon.evaluate import backtest
     from costwatch.daemon.rules import RuleError, load_rules
 
-    settings = load_settings(args)
     directory = _rules_dir(args.dir)
     if directory is None:
         raise CLIError("no rules directory: give one (costwatch rules backtest DIR) or create ./alerts", 2)
     since = parse_since(args.since)
     step_s = parse_duration(args.step)
-    client = client_for(args)
     body = {"dir": str(directory.resolve()), "since": since, "step_s": step_s}
-    try:
-        print(client.request("POST", "/v1/rules/backtest", body, timeout=600)["report"])
+    settings = _offline(args)
+    if settings is None:
+        print(
+            client_for(args).request("POST", "/v1/rules/backtest", body, timeout=600, expect=("report",))[
+                "report"
+            ]
+        )
         return 0
-    except _DaemonDown:
-        pass
     try:
         ruleset = load_rules(directory)
     except RuleError as exc:
         raise CLIError("invalid rules:\n  " + "\n  ".join(exc.errors), 2) from None
-    con = _open_file_without_daemon(settings, client)
+    try:
+        con = _open_read_only(settings)
+    except _Locked:
+        client = _holder(args, settings)
+        print(client.request("POST", "/v1/rules/backtest", body, timeout=600, expect=("report",))["report"])
+        return 0
+    _offline_note(settings)
     try:
         utc = _dt.timezone.utc
         report = backtest(
@@ -609,14 +714,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="costwatch", description="LLM API cost monitoring sidecar.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--db", type=Path, help="DuckDB file (default: <state dir>/costwatch.duckdb)")
+    def common(p: argparse.ArgumentParser, offline: bool = True) -> None:
+        """Every command that talks to a daemon: where it is, or a file to work on offline instead."""
+        p.add_argument(
+            "--url",
+            help="the daemon's URL (default: COSTWATCH_URL, the config file's url, http://127.0.0.1:7707)",
+        )
+        if offline:
+            p.add_argument(
+                "--db", type=Path, help="work on this DuckDB file offline instead of asking the daemon"
+            )
         p.add_argument("--config", type=Path, help="config file (TOML or YAML)")
-        p.add_argument("--host", help="daemon address (default 127.0.0.1)")
-        p.add_argument("--port", help="daemon port (default 7707)")
 
     p = sub.add_parser("daemon", help="run the per-host daemon")
-    common(p)
+    p.add_argument("--db", type=Path, help="DuckDB file (default: <state dir>/costwatch.duckdb)")
+    p.add_argument("--config", type=Path, help="config file (TOML or YAML)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; COSTWATCH_HOST)")
+    p.add_argument("--port", help="port to listen on (default 7707; COSTWATCH_PORT)")
     p.add_argument("--rules", type=Path, help="directory of rule files")
     p.set_defaults(func=cmd_daemon)
 
@@ -661,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", type=Path, help="rules directory (default ./alerts)")
     p.set_defaults(func=cmd_rules_check)
     p = rules.add_parser("reload", help="make the running daemon reload its rules (old rules kept on error)")
-    common(p)
+    common(p, offline=False)
     p.set_defaults(func=cmd_rules_reload)
     p = rules.add_parser("backtest", help="replay rules over stored history: when each would have fired")
     common(p)

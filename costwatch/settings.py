@@ -20,7 +20,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from costwatch.sources import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DEFAULT_URL,
     TOKEN_FILE_NAME,
+    SettingError,
+    check_url,
     config_file_path,
     default_state_dir,
     ensure_token,
@@ -43,12 +46,22 @@ __all__ = [
 ]
 
 
+def _client_url(value: str) -> str:
+    try:
+        return check_url(value)
+    except SettingError as exc:
+        raise ValueError(exc.msg) from None
+
+
 class ClientSettings(BaseSettings):
-    """What an instrumented app reads from ``COSTWATCH_*``."""
+    """What an instrumented app reads: ``COSTWATCH_*``, then the config file (``url``, ``token``, …).
+
+    The daemon's address is ``url`` alone, as for every CLI command (`costwatch.sources.daemon_endpoint`).
+    """
 
     model_config = SettingsConfigDict(env_prefix="COSTWATCH_", extra="ignore")
 
-    url: str = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+    url: str = DEFAULT_URL
     app: str = Field(default="default", min_length=1, max_length=256)
     token: str | None = None
     fail_closed: bool = False
@@ -75,6 +88,22 @@ class ClientSettings(BaseSettings):
     def resolved_token(self) -> str | None:
         return self.token or read_token(self.state_dir)
 
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        return _client_url(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
 
 _BYTE_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?)?B", re.IGNORECASE)
 
@@ -97,8 +126,11 @@ class DaemonSettings(BaseSettings):
 
     state_dir: Path = Field(default_factory=default_state_dir)
     db: Path | None = None  # default: <state_dir>/costwatch.duckdb
-    host: str = DEFAULT_HOST
+    host: str = DEFAULT_HOST  # what the daemon binds; clients find it through ``url``
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    # Where clients look for this daemon (apps and the CLI read it; one config file serves all).
+    # The daemon only compares it with what it binds and warns when they cannot be the same.
+    url: str | None = None
     rules: Path | None = None  # default: ./alerts when present
     token: str | None = None
     prices: list[PriceOverride] = []
@@ -121,6 +153,11 @@ class DaemonSettings(BaseSettings):
         if not _BYTE_SIZE.fullmatch(value.strip()):
             raise ValueError("a size such as '512MB', '1GB' or '64MiB'")
         return value.strip()
+
+    @field_validator("url")
+    @classmethod
+    def _daemon_url(cls, value: str | None) -> str | None:
+        return None if value is None else _client_url(value)
 
     @field_validator("timezone")
     @classmethod

@@ -4,7 +4,7 @@
 daemon-client path (`costwatch kill`, `resume`, `status`, `sql`) uses
 `daemon_endpoint` alone, because importing pydantic-settings costs ~100 ms of
 an operator's `costwatch kill` (docs/benchmarks.md, section 4). The rule for
-every field is the one `DaemonSettings` applies: CLI flag > ``COSTWATCH_<FIELD>``
+every field is the one the settings classes apply: CLI flag > ``COSTWATCH_<FIELD>``
 (any case) > the config file > the default.
 """
 
@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "DEFAULT_URL",
     "ENV_PREFIX",
     "TOKEN_FILE_NAME",
     "DaemonEndpoint",
     "SettingError",
+    "check_url",
     "config_file_path",
     "daemon_endpoint",
     "default_state_dir",
@@ -40,6 +42,7 @@ __all__ = [
 ENV_PREFIX = "COSTWATCH_"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7707
+DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 TOKEN_FILE_NAME = "token"
 
 
@@ -122,32 +125,49 @@ def env_value(field: str) -> str | None:
     return found
 
 
-class DaemonEndpoint(namedtuple("DaemonEndpoint", ("host", "port", "token"))):
-    """Where the CLI finds the daemon (host: str, port: int) and the token it sends (str | None)."""
+def check_url(value: Any) -> str:
+    """A daemon URL as clients use it: ``http(s)://host[:port][/prefix]``, without a trailing slash."""
+    from urllib.parse import urlsplit  # http.client imports it anyway
+
+    text = str(value).strip() if value is not None else ""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise SettingError("url", "Input should be a URL such as http://127.0.0.1:7707", value) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingError("url", "Input should be a URL such as http://127.0.0.1:7707", value)
+    if port == 0 or parts.query or parts.fragment:
+        raise SettingError("url", "Input should be a URL such as http://127.0.0.1:7707", value)
+    return text.rstrip("/")
+
+
+class DaemonEndpoint(namedtuple("DaemonEndpoint", ("url", "token"))):
+    """Where a client finds the daemon (url: str) and the token it sends (str | None)."""
 
     __slots__ = ()
 
-    @classmethod
-    def of(cls, host: str, port: int, token: str | None, state_dir: Path) -> DaemonEndpoint:
-        """From resolved settings: a wildcard bind address means loopback; no token → the token file."""
-        if host in ("0.0.0.0", "::", ""):
-            host = DEFAULT_HOST
-        return cls(host, port, token or read_token(state_dir))
-
     @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+    def parts(self) -> tuple[bool, str, int, str]:
+        """(https?, host, port, path prefix) for ``http.client``."""
+        from urllib.parse import urlsplit
+
+        split = urlsplit(self.url)
+        https = split.scheme == "https"
+        return https, split.hostname or DEFAULT_HOST, split.port or (443 if https else 80), split.path
 
 
-def daemon_endpoint(host: str | None = None, port: str | int | None = None) -> DaemonEndpoint:
-    """The daemon's address and token from flags, environment and config file, without pydantic.
+def daemon_endpoint(url: str | None = None) -> DaemonEndpoint:
+    """The daemon's URL and token for a client (the CLI, an app), without pydantic.
 
-    Resolves ``host``, ``port``, ``token`` and ``state_dir`` exactly as
-    `DaemonSettings` does (tests/daemon/test_cli_startup.py holds the two to
-    the same answers); other settings are not read, so an unrelated mistake
-    in the config file does not stop `costwatch kill`.
-    Raises `SettingError` (a bad port) and `OSError`/`ValueError` (an unreadable config file).
+    One address for every client: ``--url`` > ``COSTWATCH_URL`` > the config file's
+    ``url`` > ``http://127.0.0.1:7707``. ``COSTWATCH_HOST``/``COSTWATCH_PORT`` are what
+    the daemon binds and are never read here. The token: ``COSTWATCH_TOKEN`` > the config
+    file's ``token`` > the token file in the state directory. `ClientSettings` resolves the
+    same way (tests/daemon/test_cli_startup.py holds the two to the same answers); other
+    settings are not read, so an unrelated mistake in the config file does not stop
+    `costwatch kill`. Raises `SettingError` (a bad URL) and `OSError`/`ValueError` (an
+    unreadable config file).
     """
     path = config_file_path()
     config = load_config_file(path) if path else {}
@@ -160,17 +180,9 @@ def daemon_endpoint(host: str | None = None, port: str | int | None = None) -> D
             return value
         return config.get(field, default)
 
-    raw_port = pick("port", port, DEFAULT_PORT)
-    try:
-        number = int(str(raw_port).strip()) if not isinstance(raw_port, int) else raw_port
-    except ValueError:
-        raise SettingError("port", "Input should be a valid integer", raw_port) from None
-    if isinstance(raw_port, bool) or not 0 <= number <= 65535:
-        raise SettingError("port", "Input should be an integer between 0 and 65535", raw_port)
     state_dir = pick("state_dir", None, None)
-    return DaemonEndpoint.of(
-        str(pick("host", host, DEFAULT_HOST)),
-        number,
-        pick("token", None, None),
-        Path(state_dir) if state_dir else default_state_dir(),
+    token = pick("token", None, None)
+    return DaemonEndpoint(
+        check_url(pick("url", url, DEFAULT_URL)),
+        token or read_token(Path(state_dir) if state_dir else default_state_dir()),
     )

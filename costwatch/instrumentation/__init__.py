@@ -8,6 +8,7 @@ patching at all.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -19,6 +20,16 @@ __all__ = ["flush", "instrument", "uninstrument"]
 
 _lock = threading.Lock()
 _emitter: Any = None
+_log = logging.getLogger("costwatch")
+
+
+def _one_line(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        return f"{field}: {first.get('msg')} (got {first.get('input')!r})"
+    return str(exc).splitlines()[0] if str(exc) else repr(exc)
 
 
 def instrument(settings: ClientSettings | None = None, *, emitter: Any = None) -> None:
@@ -31,7 +42,12 @@ def instrument(settings: ClientSettings | None = None, *, emitter: Any = None) -
     with _lock:
         if patch.is_installed():
             return
-        settings = settings if settings is not None else ClientSettings()
+        if settings is None:
+            try:
+                settings = ClientSettings()
+            except Exception as exc:  # a bad COSTWATCH_* value must not stop the app: say so, run bare
+                _log.error("costwatch is OFF for this process: invalid settings: %s", _one_line(exc))
+                return
         if settings.disabled:
             return
         try:

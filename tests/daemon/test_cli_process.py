@@ -31,8 +31,14 @@ def _free_port() -> int:
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("COSTWATCH_")}
-    e.update(COSTWATCH_STATE_DIR=str(tmp_path), COSTWATCH_PORT=str(_free_port()), PYTHONPATH=str(ROOT))
+    # As README says: the daemon gets --port, every client COSTWATCH_URL.
+    e.update(COSTWATCH_STATE_DIR=str(tmp_path), COSTWATCH_URL=f"http://127.0.0.1:{_free_port()}")
+    e["PYTHONPATH"] = str(ROOT)
     return e
+
+
+def _port(env: dict[str, str]) -> str:
+    return env["COSTWATCH_URL"].rsplit(":", 1)[1]
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -54,14 +60,23 @@ def daemon_proc(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Pope
     log = tmp_path / "daemon.log"  # a file, not a pipe nobody reads (a full pipe would block the daemon)
     with log.open("w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "costwatch.cli", "daemon", "--db", str(tmp_path / "cw.duckdb")],
+            [
+                sys.executable,
+                "-m",
+                "costwatch.cli",
+                "daemon",
+                "--db",
+                str(tmp_path / "cw.duckdb"),
+                "--port",
+                _port(env),
+            ],
             env=env,
             cwd=tmp_path,
             stdout=sink,
             stderr=sink,
             text=True,
         )
-    url = f"http://127.0.0.1:{env['COSTWATCH_PORT']}"
+    url = env["COSTWATCH_URL"]
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -81,7 +96,7 @@ def daemon_proc(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Pope
 
 
 def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_proc) -> None:
-    url = f"http://127.0.0.1:{env['COSTWATCH_PORT']}"
+    url = env["COSTWATCH_URL"]
     token = (tmp_path / "token").read_text().strip()
     assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
     events = [
@@ -92,7 +107,8 @@ def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_pr
     )
     assert r.json()["accepted"] == 30
 
-    # `costwatch sql` goes through the running daemon (it holds the file lock), with and without --db.
+    # `costwatch sql` goes through the running daemon (it holds the file lock); with --db naming the
+    # file that daemon serves, too (and says so).
     out = cli(
         env, "sql", "SELECT count(*) AS n, sum(input_tokens) AS t FROM usage_events", "--format", "json"
     )
@@ -107,12 +123,14 @@ def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_pr
         "csv",
     )
     assert out.stdout == "n\n30\n"
+    assert f"served by the daemon at {url}" in out.stderr
     bad = cli(env, "sql", "DELETE FROM usage_events", check=False)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
     cli(env, "kill", "--scope", "app=test-app", "--reason", "runaway loop", "--for", "1h")
     status = cli(env, "status").stdout
-    assert "daemon: running" in status and "events stored: 30" in status
+    assert f"daemon: running at {url}" in status and "events stored: 30" in status
+    assert f"database: {tmp_path / 'cw.duckdb'}" in status
     assert "ENGAGED: scope app=test-app" in status and "runaway loop" in status
     export_dir = tmp_path / "export-live"
     cli(env, "export", "--parquet", str(export_dir))
@@ -134,8 +152,19 @@ def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_pr
         "json",
     )
     assert json.loads(out.stdout) == [{"n": 30, "priced": True}]
+    assert f"offline: read {db} directly" in out.stderr
     status = cli(env, "status", "--db", str(tmp_path / "cw.duckdb")).stdout
-    assert "daemon: not running" in status and "runaway loop" in status
+    assert f"daemon: not consulted (offline read of {db})" in status and "runaway loop" in status
+    # Without --db nothing falls back to the file: the daemon is down, and the commands say so.
+    for args in (
+        ("status",),
+        ("sql", "SELECT 1"),
+        ("export", "--parquet", str(tmp_path / "x")),
+        ("reprice",),
+    ):
+        down = cli(env, *args, check=False)
+        assert down.returncode == 1 and f"no daemon answered at {url}" in down.stderr, (args, down.stderr)
+        assert down.stderr.count("\n") == 1 and "Traceback" not in down.stderr
     export_dir = tmp_path / "export"
     cli(env, "export", "--parquet", str(export_dir), "--db", str(tmp_path / "cw.duckdb"))
     files = sorted(export_dir.glob("date=*/usage_events.parquet"))
@@ -144,13 +173,16 @@ def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_pr
     assert "repriced 30 events (30 priced)" in cli(env, "reprice", "--db", db).stdout  # directly on the file
     resumed = cli(env, "resume", "--scope", "app=test-app", "--db", str(tmp_path / "cw.duckdb"))
     assert "lifted 1" in resumed.stdout
-    cli(env, "kill", "--reason", "offline stop", "--db", db)  # daemon down: written to the file
+    offline = cli(env, "kill", "--reason", "offline stop", "--db", db)  # daemon down: written to the file
+    assert (
+        f"engaged in {db}" in offline.stdout and "apps learn it only once a daemon serves" in offline.stdout
+    )
     assert "ENGAGED: scope global" in cli(env, "status", "--db", db).stdout
     assert "lifted 1" in cli(env, "resume", "--all", "--db", db).stdout
 
 
 def test_sql_without_daemon_and_errors(env: dict[str, str], tmp_path: Path) -> None:
-    missing = cli(env, "sql", "SELECT 1", check=False)
+    missing = cli(env, "sql", "SELECT 1", "--db", str(tmp_path / "none.duckdb"), check=False)
     assert missing.returncode == 1 and "no database" in missing.stderr and "Traceback" not in missing.stderr
     invalid = cli(env, "daemon", "--port", "99999", check=False)
     assert invalid.returncode == 2 and "port" in invalid.stderr and invalid.stderr.count("\n") == 1
@@ -160,7 +192,7 @@ def test_sql_without_daemon_and_errors(env: dict[str, str], tmp_path: Path) -> N
 
 def test_acknowledged_events_survive_sigkill(env: dict[str, str], tmp_path: Path, daemon_proc) -> None:
     """A 2xx means committed: kill -9 right after the reply loses nothing (the WAL replays)."""
-    url = f"http://127.0.0.1:{env['COSTWATCH_PORT']}"
+    url = env["COSTWATCH_URL"]
     headers = {"Authorization": f"Bearer {(tmp_path / 'token').read_text().strip()}"}
     accepted = 0
     for _ in range(5):

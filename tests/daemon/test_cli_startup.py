@@ -1,4 +1,4 @@
-"""The CLI's fast path: `costwatch.sources` finds the daemon exactly as `DaemonSettings` would,
+"""The CLI's fast path: `costwatch.sources` finds the daemon exactly as an app (`ClientSettings`) does,
 and `costwatch kill` / `resume` / `status` against a running daemon import neither pydantic,
 duckdb nor httpx (they are on the kill switch's critical path)."""
 
@@ -14,15 +14,16 @@ import pytest
 
 from costwatch.cli import default_routes, default_services
 from costwatch.daemon.server import RunningDaemon, start_in_thread
-from costwatch.settings import DaemonSettings
+from costwatch.settings import ClientSettings, DaemonSettings
 from costwatch.sources import DaemonEndpoint, SettingError, daemon_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _via_settings(**flags: object) -> DaemonEndpoint:
-    settings = DaemonSettings(**{k: v for k, v in flags.items() if v is not None})
-    return DaemonEndpoint.of(settings.host, settings.port, settings.token, settings.state_dir)
+def _via_settings(url: str | None) -> DaemonEndpoint:
+    """What an instrumented app resolves (`ClientSettings`), for the same environment and file."""
+    settings = ClientSettings(**({"url": url} if url is not None else {}))
+    return DaemonEndpoint(settings.url, settings.resolved_token())
 
 
 @pytest.fixture
@@ -37,23 +38,41 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("env", "config", "flags"),
+    ("env", "config", "flag", "expected"),
     [
-        ({}, None, {}),
-        ({"COSTWATCH_PORT": "7801", "COSTWATCH_HOST": "127.0.0.2"}, None, {}),
-        ({"costwatch_port": "7802"}, None, {}),  # any case, as pydantic-settings reads it
-        ({"COSTWATCH_PORT": "7803"}, "port = 7900\nhost = '::1'\n", {}),  # env beats the file
-        ({}, "port = 7900\nhost = '0.0.0.0'\ntoken = 'from-file'\n", {}),  # wildcard -> loopback
-        ({"COSTWATCH_TOKEN": "from-env"}, "port = 7900\n", {"port": 7904, "host": "::"}),  # flags win
-        ({}, "port: 7905\nhost: localhost\n", {}),  # YAML
+        ({}, None, None, "http://127.0.0.1:7707"),
+        # COSTWATCH_HOST/PORT are what the daemon binds: no client reads them.
+        ({"COSTWATCH_PORT": "7801", "COSTWATCH_HOST": "127.0.0.2"}, None, None, "http://127.0.0.1:7707"),
+        ({"COSTWATCH_URL": "http://127.0.0.1:7801/"}, None, None, "http://127.0.0.1:7801"),
+        ({"costwatch_url": "http://127.0.0.1:7802"}, None, None, "http://127.0.0.1:7802"),  # any case
+        (
+            {"COSTWATCH_URL": "http://127.0.0.1:7803"},
+            "url = 'http://[::1]:7900'\n",
+            None,
+            "http://127.0.0.1:7803",
+        ),
+        (
+            {},
+            "url = 'http://localhost:7900'\ntoken = 'from-file'\nport = 7000\n",
+            None,
+            "http://localhost:7900",
+        ),
+        (
+            {"COSTWATCH_TOKEN": "from-env"},
+            "url = 'http://127.0.0.1:7900'\n",
+            "http://127.0.0.1:7904",
+            "http://127.0.0.1:7904",
+        ),
+        ({}, "url: https://costwatch.internal/prefix\n", None, "https://costwatch.internal/prefix"),  # YAML
     ],
 )
-def test_endpoint_matches_daemon_settings(
+def test_cli_and_apps_find_the_daemon_at_the_same_url(
     clean_env: Path,
     monkeypatch: pytest.MonkeyPatch,
     env: dict[str, str],
     config: str | None,
-    flags: dict[str, object],
+    flag: str | None,
+    expected: str,
 ) -> None:
     (clean_env / "token").write_text("token-on-disk\n")
     for key, value in env.items():
@@ -63,19 +82,22 @@ def test_endpoint_matches_daemon_settings(
         path = clean_env / f"cw{suffix}"
         path.write_text(config)
         monkeypatch.setenv("COSTWATCH_CONFIG", str(path))
-    fast = daemon_endpoint(flags.get("host"), flags.get("port"))  # type: ignore[arg-type]
-    assert fast == _via_settings(**flags)
+    fast = daemon_endpoint(flag)
+    assert fast.url == expected
+    assert fast == _via_settings(flag)
     assert fast.token in ("token-on-disk", "from-file", "from-env")
 
 
-@pytest.mark.parametrize("port", ["abc", "70000", "-1"])
-def test_bad_port_is_a_setting_error(clean_env: Path, monkeypatch: pytest.MonkeyPatch, port: str) -> None:
-    monkeypatch.setenv("COSTWATCH_PORT", port)
+@pytest.mark.parametrize(
+    "url", ["abc", "localhost:7707", "ftp://127.0.0.1:7707", "http://127.0.0.1:99999", "http://:80"]
+)
+def test_bad_url_is_a_setting_error(clean_env: Path, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("COSTWATCH_URL", url)
     with pytest.raises(SettingError) as info:
         daemon_endpoint()
-    assert info.value.field == "port"
+    assert info.value.field == "url"
     with pytest.raises(ValueError):  # pydantic refuses the same values
-        DaemonSettings()
+        ClientSettings()
 
 
 def _imported_modules(env: dict[str, str], *args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
@@ -110,7 +132,7 @@ def full_daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
 def test_kill_resume_status_stay_light(full_daemon: RunningDaemon, tmp_path: Path) -> None:
     daemon = full_daemon
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("COSTWATCH_")}
-    env.update(COSTWATCH_STATE_DIR=str(tmp_path), COSTWATCH_PORT=str(daemon.port), PYTHONPATH=str(ROOT))
+    env.update(COSTWATCH_STATE_DIR=str(tmp_path), COSTWATCH_URL=daemon.url, PYTHONPATH=str(ROOT))
     engaged_during: list[list[object]] = []
     for args in (
         ("kill", "--scope", "app=svc", "--reason", "light"),

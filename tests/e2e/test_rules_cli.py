@@ -74,7 +74,7 @@ def test_reload_keeps_old_rules_on_error_then_backtest_and_status(tmp_path: Path
     rules.mkdir()
     (rules / "budget.yml").write_text(GOOD)
     with DaemonProcess(tmp_path / "state", "--rules", str(rules)) as daemon:
-        env = {**daemon.env, "COSTWATCH_PORT": str(daemon.port)}
+        env = daemon.env
         with daemon.client() as c:
             assert c.get("/v1/rules").json()["rules"] == 1
             (rules / "budget.yml").write_text(BAD)

@@ -81,7 +81,7 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
 def cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "costwatch.cli", *args],
-        env={**daemon.env, "COSTWATCH_PORT": str(daemon.port)},
+        env=daemon.env,
         capture_output=True,
         text=True,
         timeout=60,

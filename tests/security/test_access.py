@@ -185,7 +185,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_costwatch_sql_cli_is_sandboxed_with_and_without_daemon(tmp_path: Path) -> None:
     state = tmp_path / "state"
     daemon = DaemonProcess(state, port=free_port())
-    env = clean_env(COSTWATCH_STATE_DIR=str(state), COSTWATCH_PORT=str(daemon.port))
+    env = clean_env(COSTWATCH_STATE_DIR=str(state), COSTWATCH_URL=daemon.url)
     try:
         daemon.start()
         with daemon.client() as c:

@@ -174,7 +174,7 @@ def test_no_secret_in_store_spool_log_metrics_export_or_alerts(
             ).encode()
             export = subprocess.run(
                 [sys.executable, "-m", "costwatch.cli", "export", "--parquet", str(export_dir)],
-                env={**daemon.env, "COSTWATCH_PORT": str(daemon.port)},
+                env=daemon.env,
                 capture_output=True,
                 text=True,
                 timeout=60,

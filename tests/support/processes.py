@@ -39,7 +39,8 @@ class DaemonProcess:
         self.port = port or free_port()
         self.db = state_dir / "costwatch.duckdb"
         self.args = args
-        self.env = clean_env(COSTWATCH_STATE_DIR=str(state_dir), **env)
+        # What README tells a user to set: clients (CLI and apps) find the daemon from COSTWATCH_URL.
+        self.env = clean_env(COSTWATCH_STATE_DIR=str(state_dir), COSTWATCH_URL=self.url, **env)
         self.proc: subprocess.Popen[str] | None = None
         self.log = state_dir / "daemon.log"
 

@@ -67,10 +67,11 @@ class PageDaemon:
     def cli_sql(self, query: str) -> list[dict[str, Any]]:
         """Through `costwatch sql --format json` in a subprocess, as a user types it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("COSTWATCH_")}
-        env.update(COSTWATCH_STATE_DIR=str(self.state_dir), PYTHONPATH=str(ROOT))
-        port = str(self.running.port)
+        env.update(
+            COSTWATCH_STATE_DIR=str(self.state_dir), COSTWATCH_URL=self.running.url, PYTHONPATH=str(ROOT)
+        )
         result = subprocess.run(
-            [sys.executable, "-m", "costwatch.cli", "sql", "--port", port, "--format", "json", query],
+            [sys.executable, "-m", "costwatch.cli", "sql", "--format", "json", query],
             env=env,
             capture_output=True,
             text=True,
