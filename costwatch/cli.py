@@ -115,7 +115,10 @@ def client_for(args: argparse.Namespace) -> Client:
         raise CLIError(f"invalid setting {exc.field}: {exc.msg} (got {exc.value!r})", 2) from None
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot read the config file: {exc}", 2) from None
-    return Client(endpoint)
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and timeout <= 0:
+        raise CLIError("--timeout must be a positive number of seconds", 2)
+    return Client(endpoint, timeout)
 
 
 class Client:
@@ -128,7 +131,8 @@ class Client:
 
     connect_timeout_s = 1.0
 
-    def __init__(self, endpoint: DaemonEndpoint) -> None:
+    def __init__(self, endpoint: DaemonEndpoint, timeout: float | None = None) -> None:
+        self.timeout = timeout  # --timeout: replaces each request's own default
         self.endpoint = endpoint
         self.url = endpoint.url
         self.token = endpoint.token
@@ -152,6 +156,7 @@ class Client:
         import http.client
         import json
 
+        timeout = self.timeout or timeout
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
         if payload is not None:
@@ -725,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--db", type=Path, help="work on this DuckDB file offline instead of asking the daemon"
             )
         p.add_argument("--config", type=Path, help="config file (TOML or YAML)")
+        p.add_argument(
+            "--timeout", type=float, metavar="SECONDS", help="how long to wait for the daemon's answer"
+        )
 
     p = sub.add_parser("daemon", help="run the per-host daemon")
     p.add_argument("--db", type=Path, help="DuckDB file (default: <state dir>/costwatch.duckdb)")

@@ -46,3 +46,13 @@ class IngestReply(msgspec.Struct, kw_only=True):
     duplicates: int = 0
     rejected: list[dict] = []  # [{"index": i, "id": ..., "error": "..."}]
     killswitch: KillSwitchState = msgspec.field(default_factory=KillSwitchState)
+
+
+class DaemonState(msgspec.Struct, kw_only=True):
+    """The daemon's state as mirrored into its state file (`costwatch.statefile`)."""
+
+    killswitch: KillSwitchState = msgspec.field(default_factory=KillSwitchState)
+    hard_limits: int = 0  # hard budgets and rate limits the daemon enforces through leases
+    db: str = ""
+    pid: int = 0
+    written_at: float = 0.0

@@ -78,6 +78,10 @@ class KillSwitchRegistry:
             self._expire()
         return self._state
 
+    def current(self) -> KillSwitchState:
+        """The state as last built, without sweeping expiries (listeners read it mid-change)."""
+        return self._state
+
     def engage(
         self, scope: dict[str, str] | None, reason: str, source: str, expires_at: float | None = None
     ) -> KillSwitch:

@@ -34,9 +34,11 @@ import uvicorn
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from costwatch import statefile
 from costwatch.daemon.app import build_app
 from costwatch.daemon.killswitch import KillSwitchRegistry, StateWatch
 from costwatch.daemon.metrics import DaemonMetrics
+from costwatch.daemon.mirror import StateMirror
 from costwatch.daemon.store import Store
 from costwatch.pricing import Pricer
 from costwatch.settings import DaemonSettings, ensure_token
@@ -73,6 +75,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.started_at = time.time()
+        self.mirror: StateMirror | None = None  # set by `listening_on` once the port is known
         self.token = settings.token or ensure_token(settings.state_dir)
         self.pricer = Pricer(settings.prices)
         self.metrics = DaemonMetrics(killswitch_state=lambda: self.killswitches.state())
@@ -100,6 +103,18 @@ class Daemon:
             self.store.close()
             raise
 
+    def listening_on(self, port: int) -> None:
+        """The bound port names the state file apps read (`costwatch.statefile`)."""
+        from costwatch.daemon.leases import LeaseService
+
+        leases = next((s for s in self.services if isinstance(s, LeaseService)), None)
+        self.mirror = StateMirror(
+            statefile.path_for(self.settings.state_dir, port),
+            self.killswitches,
+            self.settings.db_path,
+            (lambda: len(leases.limits())) if leases is not None else None,
+        )
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
         self.start_services()
@@ -109,6 +124,9 @@ class Daemon:
             self.close()
 
     def start_services(self) -> None:
+        if self.mirror is not None:
+            self.mirror.start()
+            self._started.append(self.mirror)
         for service in self.services:
             service.start()
             self._started.append(service)
@@ -204,6 +222,25 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def _warn_if_clients_look_elsewhere(settings: DaemonSettings, port: int) -> None:
+    """Clients find the daemon at ``url`` (COSTWATCH_URL or the config file): say so when that is not here."""
+    if settings.url is None:
+        return
+    from urllib.parse import urlsplit
+
+    split = urlsplit(settings.url)
+    url_port = split.port or (443 if split.scheme == "https" else 80)
+    host = split.hostname or ""
+    wildcard = settings.host in ("0.0.0.0", "::", "")
+    same_host = wildcard or host == settings.host or (is_loopback(host) and is_loopback(settings.host))
+    if url_port != port or not same_host:
+        print(
+            f"costwatch: warning: apps and commands look for the daemon at {settings.url} (url /"
+            f" COSTWATCH_URL), but it listens on {settings.host}:{port}: they will not find it",
+            file=sys.stderr,
+        )
+
+
 def _note_signal(signum: int, frame: Any) -> None:
     log.info("stopped by signal %d", signum)
 
@@ -227,6 +264,9 @@ def serve(
     except BaseException:
         sock.close()
         raise
+    port = sock.getsockname()[1]
+    daemon.listening_on(port)
+    _warn_if_clients_look_elsewhere(settings, port)
     tune_gc()
     try:
         print(
@@ -282,6 +322,7 @@ def start_in_thread(
     except BaseException:
         sock.close()
         raise
+    daemon.listening_on(sock.getsockname()[1])
     server = _server(daemon)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="costwatch-http", daemon=True

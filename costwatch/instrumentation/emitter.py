@@ -30,8 +30,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from costwatch import statefile
 from costwatch.events import UsageEvent, encode, encode_many
-from costwatch.instrumentation import spans
+from costwatch.instrumentation import exit_budget, spans
 from costwatch.instrumentation.killswitch import KillSwitchView
 from costwatch.instrumentation.spool import Spool
 from costwatch.protocol import IngestReply, KillSwitchState
@@ -113,6 +114,11 @@ class Emitter:
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port or (443 if self._https else 80)
         self._base_path = url.path.rstrip("/")
+        # The daemon's state file: the kill switch and whether hard limits exist, known at import
+        # without a network wait (a hung daemon must not hold the app's first call).
+        self._state_path = statefile.path_for(settings.state_dir, self._port)
+        self._state_stamp: int | None = None
+        self.hard_limits = 0  # as the state file says; 0 also when there is no file
         self._batch = settings.batch_max_events
         self._wake_at = settings.batch_max_events - 1  # queue length (before append) that wakes the thread
         self._interval = settings.flush_interval_s
@@ -121,6 +127,7 @@ class Emitter:
         self._closed = False
         self._logged: set[tuple[str, type]] = set()
         self._reset_runtime()
+        self._read_state_file()
         _live.add(self)
 
     def _reset_runtime(self) -> None:
@@ -231,7 +238,7 @@ class Emitter:
         thread = self._thread
         self._stop = True
         self._wake.set()
-        self._stop_watching()
+        self._stop_watching(max(0.0, min(0.5, deadline - time.monotonic())))
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, min(0.5, deadline - time.monotonic())))
         if not ok or (thread is not None and thread.is_alive()):
@@ -241,6 +248,20 @@ class Emitter:
             if conn is not None:
                 conn.close()
         self._spool.close()
+
+    def _read_state_file(self) -> None:
+        """Adopt the daemon's mirrored state when the file changed since the last read (one stat)."""
+        try:
+            stamp = statefile.stamp(self._state_path)
+            if stamp is None or stamp == self._state_stamp:
+                return
+            self._state_stamp = stamp
+            mirrored = statefile.read(self._state_path)
+            if mirrored is not None:
+                self.killswitch.adopt(mirrored.killswitch)
+                self.hard_limits = mirrored.hard_limits
+        except Exception as exc:  # a damaged file must not stop the app
+            self._log_once("statefile", exc, "costwatch could not read %s: %r", self._state_path, exc)
 
     def stats(self) -> dict[str, int]:
         """Counters; ``submitted`` counts every submit() call, drops included."""
@@ -538,6 +559,7 @@ class Emitter:
             if self._stopping.is_set():
                 return
             if state is None:
+                self._read_state_file()  # the daemon may still write it (slow, or restarting)
                 backoff.fail()
                 self._stopping.wait(max(0.0, backoff.until - time.monotonic()))
                 continue
@@ -550,7 +572,7 @@ class Emitter:
             if state.version == asked:  # answered without waiting: plain polling
                 self._stopping.wait(max(0.0, self._poll_s - (time.monotonic() - started)))
 
-    def _stop_watching(self) -> None:
+    def _stop_watching(self, timeout: float = 0.5) -> None:
         """Stop the long-poll thread: shutting its socket down ends the read it is blocked in."""
         self._stopping.set()
         conn = self._watch_conn
@@ -560,7 +582,7 @@ class Emitter:
                 sock.shutdown(socket.SHUT_RDWR)
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
-            watcher.join(0.5)
+            watcher.join(timeout)
         conn, self._watch_conn = self._watch_conn, None
         if conn is not None:
             conn.close()
@@ -633,7 +655,7 @@ _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
 def _close_all_at_exit() -> None:
     for emitter in list(_live):
         with contextlib.suppress(Exception):
-            emitter.close(emitter.settings.exit_flush_timeout_s)
+            emitter.close(exit_budget.remaining(emitter.settings.exit_flush_timeout_s))
 
 
 def _after_fork_in_child() -> None:

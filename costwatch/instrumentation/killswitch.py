@@ -59,6 +59,13 @@ class KillSwitchView:
             self.version = state.version
         self.mark_contact()
 
+    def adopt(self, state: KillSwitchState) -> None:
+        """A newer state from the daemon's state file: not an answer, so the fail-closed clock runs on."""
+        if state.version > self.version:
+            self._switches = tuple(state.engaged)
+            self.version = state.version
+            self.refresh()
+
     def mark_contact(self) -> None:
         """The daemon answered: reset the fail-closed clock."""
         self._last_contact = time.monotonic()

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from costwatch.errors import BudgetExhausted, CallBlocked, RateLimited
+from costwatch.instrumentation import exit_budget
 from costwatch.instrumentation.killswitch import sdk_error
 from costwatch.instrumentation.providers import AZURE_OPENAI, azure_deployment
 from costwatch.instrumentation.record import CallRecord, guard
@@ -235,7 +236,9 @@ class Limiter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._limits: list[_Limit] = []
-        self._known = False  # the daemon answered at least once
+        self._known = False  # the limits are known (from the daemon's state file or an exchange)
+        self._exchanged = False  # an exchange succeeded: there may be slices to hand back
+        self._overdue = False  # a call waited the whole exchange_wait_s for the first exchange
         self._reachable = False
         self._started = 0  # exchanges begun / completed (calls wait for one that saw their need)
         self._completed = 0
@@ -249,6 +252,11 @@ class Limiter:
         self._last_exchange = time.monotonic()
         self.holder = f"{socket.gethostname()}:{self._pid}:{uuid.uuid4().hex[:8]}"
         self.counters = {"exchanges": 0, "exchange_failures": 0, "blocked": 0, "waited": 0}
+        if getattr(emitter, "hard_limits", None) == 0:
+            # The daemon's state file says there is nothing to enforce (or there is no file): no
+            # call waits for the first exchange, which still runs and brings any limit later.
+            self._known = True
+            self.active = False
         _live.add(self)
 
     @classmethod
@@ -267,21 +275,24 @@ class Limiter:
             self._thread = threading.Thread(target=self._run, name="costwatch-limits", daemon=True)
             self._thread.start()
 
-    def close(self, release: bool = True) -> None:
-        """Stop the thread and hand what this process holds back to the daemon."""
+    def close(self, release: bool = True, timeout: float = 2.0) -> None:
+        """Stop the thread and hand what this process holds back to the daemon, within ``timeout``."""
+        deadline = time.monotonic() + timeout
         self._stop = True
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(2.0)
-        if release and self._known and os.getpid() == self._pid:
+            thread.join(timeout)
+        left = deadline - time.monotonic()
+        if release and self._exchanged and self._slices and os.getpid() == self._pid and left > 0.01:
             with self._lock:
                 slices = [
                     {"limit": p.limit.id, "group": p.group, "lease": p.lease, "consumed": p.consumed()}
                     for p in self._slices.values()
                 ]
             with contextlib.suppress(Exception):
-                self._post({"holder": self.holder, "app": self.app, "release": True, "slices": slices})
+                payload = {"holder": self.holder, "app": self.app, "release": True, "slices": slices}
+                self._post(payload, timeout=left)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -313,9 +324,11 @@ class Limiter:
         """A ticket (go), seconds to sleep before asking again, or the error to raise."""
         now = time.monotonic()
         if not self._known:
-            if self._completed == 0 and now - call.started < self.exchange_wait_s:
-                self._wake.set()  # the first exchange has not finished: wait for it (once per process)
-                return 0.005
+            if self._completed == 0 and not self._overdue:
+                if now - call.started < self.exchange_wait_s:
+                    self._wake.set()  # the first exchange has not finished: wait for it (once per process)
+                    return 0.005
+                self._overdue = True  # a hung daemon: later calls do not wait for it either
             return Ticket(self, [], None)  # never heard from the daemon: the kill switch's fail-closed rules
         values = {"app": call.app, "provider": call.provider, "model": call.model, "user": call.user}
         wanted: list[tuple[_Slice, float]] = []
@@ -590,6 +603,7 @@ class Limiter:
     def _apply(self, reply: _Reply, sent: list[tuple[_Slice, float]], t_sent: float) -> None:
         self._limits = reply.limits
         self._known = True
+        self._exchanged = True
         self.active = bool(reply.limits)
         self._prices.update(reply.prices)
         self._wanted_prices -= set(reply.prices)
@@ -625,7 +639,7 @@ class Limiter:
                 piece.window_end = math.inf
             piece.valid_until = expiry
 
-    def _post(self, payload: dict[str, Any]) -> _Reply:
+    def _post(self, payload: dict[str, Any], timeout: float | None = None) -> _Reply:
         body = msgspec.json.encode(payload)
         token = self._settings.resolved_token()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -639,7 +653,7 @@ class Limiter:
             try:
                 if conn.sock is None:
                     conn.connect()
-                    conn.sock.settimeout(self.read_timeout_s)  # type: ignore[union-attr]
+                conn.sock.settimeout(timeout or self.read_timeout_s)  # type: ignore[union-attr]
                 conn.request("POST", self._base + "/v1/leases", body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
@@ -736,14 +750,15 @@ def _after_fork_in_child() -> None:
             limiter._thread = None
             limiter._wake = threading.Event()
             limiter._started = limiter._completed = 0
+            limiter.active = True  # so the first call starts the child's own thread (prepare())
             limiter.holder = f"{socket.gethostname()}:{limiter._pid}:{uuid.uuid4().hex[:8]}"
 
 
 def _release_all_at_exit() -> None:
-    """Hand slices back on a normal exit (a crash is covered by the lease TTL)."""
+    """Hand slices back on a normal exit (a crash is covered by the lease TTL), within the exit budget."""
     for limiter in list(_live):
         with contextlib.suppress(Exception):
-            limiter.close()
+            limiter.close(timeout=exit_budget.remaining(limiter._settings.exit_flush_timeout_s))
 
 
 atexit.register(_release_all_at_exit)

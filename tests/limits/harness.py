@@ -48,7 +48,8 @@ class Rig:
             COSTWATCH_URL=self.daemon.url,
             COSTWATCH_TOKEN=self.daemon.token,
             COSTWATCH_APP=app,
-            COSTWATCH_STATE_DIR=str(self.state_dir / "app"),
+            # The daemon's state dir, as on a real host (same user): apps read its state file there.
+            COSTWATCH_STATE_DIR=str(self.state_dir / "daemon"),
             PYTHONPATH=str(ROOT),
         )
         env.update(extra)
