@@ -113,6 +113,7 @@ def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_pr
     cli(env, "kill", "--scope", "app=test-app", "--reason", "runaway loop", "--for", "1h")
     status = cli(env, "status").stdout
     assert "daemon: running" in status and "events stored: 30" in status
+    assert "estimated usage: 0 events ($0.0000 of this month's spend)" in status
     assert "ENGAGED: scope app=test-app" in status and "runaway loop" in status
     export_dir = tmp_path / "export-live"
     cli(env, "export", "--parquet", str(export_dir))
@@ -136,6 +137,7 @@ def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_pr
     assert json.loads(out.stdout) == [{"n": 30, "priced": True}]
     status = cli(env, "status", "--db", str(tmp_path / "cw.duckdb")).stdout
     assert "daemon: not running" in status and "runaway loop" in status
+    assert "estimated usage: 0 events" in status  # the file's summary has it too
     export_dir = tmp_path / "export"
     cli(env, "export", "--parquet", str(export_dir), "--db", str(tmp_path / "cw.duckdb"))
     files = sorted(export_dir.glob("date=*/usage_events.parquet"))
