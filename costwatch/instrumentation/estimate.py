@@ -46,6 +46,7 @@ _NOT_TEXT = frozenset(
         "status",
         "cache_control",
         "signature",
+        "encrypted_content",
         "image_url",
         "input_image",
         "input_audio",

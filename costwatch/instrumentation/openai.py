@@ -299,6 +299,10 @@ def _scan_responses(events: Iterable[SSEvent]) -> StreamFacts:
             delta = data.get("delta")
             if isinstance(delta, str) and kind not in _NOT_TEXT_DELTAS:
                 chars += len(delta)  # output text, refusals, function-call arguments, reasoning text
+        elif kind == "response.output_item.added":
+            item = data.get("item")
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                chars += len(item["name"])  # a function call's name (its arguments follow as deltas)
         elif kind == "response.created" or kind in _TERMINAL_RESPONSE_EVENTS:
             response = data.get("response") or {}
             if isinstance(response, dict):

@@ -93,6 +93,10 @@ def test_responses_stream_completed_with_null_usage() -> None:
             {"type": "response.created", "response": {"model": "gpt-oss-20b", "usage": None}},
         ),
         ("response.reasoning_text.delta", {"type": "response.reasoning_text.delta", "delta": "t" * 12}),
+        (
+            "response.output_item.added",
+            {"type": "response.output_item.added", "item": {"type": "function_call", "name": "fn"}},
+        ),
         ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "o" * 16}),
         (
             "response.function_call_arguments.delta",
@@ -107,7 +111,7 @@ def test_responses_stream_completed_with_null_usage() -> None:
     body = {"model": "gpt-oss-20b", "stream": True, "instructions": "i" * 8, "input": "q" * 12}
     event = _event("responses", body, sse)
     assert event.usage_source == "estimated"
-    assert event.output_tokens == -(-(12 + 16 + 2) // 4) == 8
+    assert event.output_tokens == -(-(12 + 2 + 16 + 2) // 4) == 8
     assert event.input_tokens == 5 + 4 + 4 + 3  # 20 chars; instructions and input count as a message each
     assert event.response_model == "gpt-oss-20b"
 
@@ -203,6 +207,16 @@ def test_stream_without_a_request_body_stays_missing() -> None:
                         ],
                     },
                     {"role": "tool", "tool_call_id": "call_1", "content": "12345678"},
+                ]
+            },
+            4 + 4 * 2 + 3,
+        ),
+        # a Responses input with a reasoning item passed back: its encrypted content is no text
+        (
+            {
+                "input": [
+                    {"type": "reasoning", "id": "rs_1", "encrypted_content": "gAAA" * 500, "summary": []},
+                    {"type": "function_call_output", "call_id": "c1", "output": "o" * 16},
                 ]
             },
             4 + 4 * 2 + 3,
