@@ -537,6 +537,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"month to date: ${data['spend_month_usd']:.4f} ({data['timezone']})"
     )
     print(f"unpriced events: {data['unpriced']}   without usage: {data['usage_missing']}")
+    if "usage_estimated" in data:  # an older daemon does not report it
+        print(
+            f"estimated usage: {data['usage_estimated']} events"
+            f" (${data['spend_month_estimated_usd']:.4f} of this month's spend)"
+        )
     for line in _forecast_lines(forecasts):
         print(line)
     if not engaged:

@@ -68,7 +68,8 @@ class ClientSettings(BaseSettings):
     disabled: bool = False
     state_dir: Path = Field(default_factory=default_state_dir)
     # Add stream_options.include_usage to chat streams that did not ask for it
-    # (and hide the extra chunk from the app). "openai" = only api.openai.com.
+    # (and hide the extra chunk from the app). "openai" = only api.openai.com. A stream that
+    # still ends without usage is stored with estimated usage (usage_source "estimated").
     inject_stream_usage: str = Field(default="openai", pattern="^(openai|all|off)$")
     queue_max_events: int = Field(default=100_000, ge=100)
     batch_max_events: int = Field(default=2_000, ge=1)

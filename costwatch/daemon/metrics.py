@@ -118,6 +118,13 @@ class DaemonMetrics:
             ["provider", "model"],
             registry=r,
         )
+        self.estimated = Counter(
+            "costwatch_estimated_usage_events",
+            "Events whose tokens are estimated (streams that ended without usage); their tokens and"
+            " cost are in the token and cost counters.",
+            ["provider", "model"],
+            registry=r,
+        )
         self.client_dropped = Counter(
             "costwatch_client_dropped_events",
             "Events instrumented apps report having dropped, by reason.",
@@ -162,8 +169,8 @@ class DaemonMetrics:
             g = groups.get(key)
             if g is None:
                 # requests, input, output, cached, cache_write, reasoning, cost, priced?, unpriced,
-                # latencies, ttfts, last remaining requests, last remaining tokens
-                g = groups[key] = [0, 0, 0, 0, 0, 0, 0.0, False, 0, [], [], None, None]
+                # latencies, ttfts, last remaining requests, last remaining tokens, estimated
+                g = groups[key] = [0, 0, 0, 0, 0, 0, 0.0, False, 0, [], [], None, None, 0]
             g[0] += 1
             g[1] += event.input_tokens or 0
             g[2] += event.output_tokens or 0
@@ -175,6 +182,8 @@ class DaemonMetrics:
                 g[7] = True
             elif event.usage_source != "missing" and (event.input_tokens or event.output_tokens):
                 g[8] += 1
+            if event.usage_source == "estimated":
+                g[13] += 1
             if event.latency_ms is not None:
                 g[9].append(event.latency_ms)
             if event.ttft_ms is not None:
@@ -193,6 +202,8 @@ class DaemonMetrics:
                 child(self.cost, *labels).inc(g[6])
             if g[8]:
                 child(self.unpriced, provider, model).inc(g[8])
+            if g[13]:
+                child(self.estimated, provider, model).inc(g[13])
             if g[9]:
                 observe = child(self.duration, *labels).observe
                 for ms in g[9]:

@@ -447,17 +447,21 @@ def summary(cur: duckdb.DuckDBPyConnection, tz: str = "UTC") -> dict[str, Any]:
         " count(*) FILTER (WHERE usage_source = 'missing'),"
         " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ?), 0),"
         " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ?), 0),"
-        " epoch(min(ts_start)), epoch(max(ts_start)), epoch(max(ingested_at))"
+        " epoch(min(ts_start)), epoch(max(ts_start)), epoch(max(ingested_at)),"
+        " count(*) FILTER (WHERE usage_source = 'estimated'),"
+        " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ? AND usage_source = 'estimated'), 0)"
         " FROM usage_events",
-        [day, month],
+        [day, month, month],
     ).fetchone()
     assert row is not None
     return {
         "events": row[0],
         "unpriced": row[1],
         "usage_missing": row[2],
+        "usage_estimated": row[8],  # streams that ended without usage: tokens estimated, priced
         "spend_today_usd": row[3],
         "spend_month_usd": row[4],
+        "spend_month_estimated_usd": row[9],  # the part of spend_month_usd from estimated usage
         "first_event_ts": row[5],
         "last_event_ts": row[6],
         "last_ingest_ts": row[7],

@@ -49,6 +49,8 @@ DEFAULT_RANGE = "24h"
 # "Today" and "this month" are calendar periods in {tz}, like `costwatch status`.
 _IN_RANGE = "ts_start >= now() - INTERVAL '{range}'"
 # Calls with tokens but no price: their cost is NULL (never a guessed $0), shown as "unpriced".
+# Calls with usage_source 'estimated' (streams that ended without usage) are priced and in every
+# sum; the kpis count them and their spend apart, so the page says how much rests on estimates.
 _UNPRICED = "cost_usd IS NULL AND coalesce(input_tokens, 0) + coalesce(output_tokens, 0) > 0"
 QUERIES: dict[str, str] = {
     "kpis": f"""
@@ -67,7 +69,10 @@ SELECT
   count(e.id) FILTER (WHERE e.{_IN_RANGE}) AS requests,
   count(e.id) FILTER (WHERE e.{_IN_RANGE} AND e.error_class IS NOT NULL) AS errors,
   count(e.id) FILTER (WHERE e.{_IN_RANGE} AND e.cost_usd IS NULL
-                      AND coalesce(e.input_tokens, 0) + coalesce(e.output_tokens, 0) > 0) AS unpriced
+                      AND coalesce(e.input_tokens, 0) + coalesce(e.output_tokens, 0) > 0) AS unpriced,
+  count(e.id) FILTER (WHERE e.{_IN_RANGE} AND e.usage_source = 'estimated') AS estimated,
+  coalesce(sum(e.cost_usd) FILTER (WHERE e.{_IN_RANGE} AND e.usage_source = 'estimated'), 0)
+    AS estimated_usd
 FROM b LEFT JOIN usage_events e ON e.ts_start >= least(b.month_start, now() - INTERVAL '{{range}}')
 GROUP BY b.day_start, b.month_start, b.month_end""",
     "cost_by_model_over_time": f"""

@@ -63,6 +63,10 @@ def scan_stream(events: Iterable[SSEvent]) -> StreamFacts:
                     value = delta.get(key)
                     if isinstance(value, str):
                         chars += len(value)
+        elif kind == "content_block_start":
+            block = data.get("content_block")
+            if isinstance(block, dict) and isinstance(block.get("name"), str):
+                chars += len(block["name"])  # a tool call's name (its input follows as partial_json)
         elif kind == "message_start":
             message = data.get("message") or {}
             if isinstance(message, dict):

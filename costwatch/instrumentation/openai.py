@@ -7,7 +7,6 @@ the meaning costwatch stores, so the numbers pass through unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +23,7 @@ from costwatch.instrumentation.providers import (
 from costwatch.instrumentation.sse import SSEvent
 
 _TERMINAL_RESPONSE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+_NOT_TEXT_DELTAS = frozenset({"response.audio.delta"})  # base64 audio: its length is no token count
 
 
 def normalize_usage(api: str, usage: Any) -> Usage | None:
@@ -102,8 +102,8 @@ def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | No
     real stream has one chunk per token, so the chunks are joined once in C and only
     the events that matter are cut out and decoded: from the start up to the first
     content (TTFT, model), from the end back to the usage event. The generated-character
-    count, which only feeds estimates of unfinished streams, is not needed for a
-    finished one.
+    count only feeds estimates, which a stream with its usage does not need; a stream
+    without usage goes to the general path, which counts it.
     """
     if api == RESPONSES or not chunks:
         return None
@@ -116,9 +116,11 @@ def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | No
         first_t, first_model = _first_content(api, data, done, chunks)
     except _Unusual:
         return None
-    if first_t is None and usage is not None and usage.output_tokens:
+    if usage is None:
+        return None  # complete without usage: the general path counts the text for the estimate
+    if first_t is None and usage.output_tokens:
         return None  # output but no content event recognised here: let the general path look
-    return StreamFacts(usage, usage is not None, model or first_model, first_t, 0, True)
+    return StreamFacts(usage, True, model or first_model, first_t, 0, True)
 
 
 def _last_usage(api: str, data: bytes, done: int) -> tuple[Usage | None, str | None]:
@@ -182,6 +184,42 @@ def _has_content(api: str, data: dict[str, Any]) -> bool:
     return bool(tool_calls) or bool(text)
 
 
+# Generated text in a chat delta besides ``content``: refusals, and the reasoning text that
+# OpenAI-compatible servers stream (``reasoning_content``: DeepSeek, vLLM; ``reasoning``: others).
+_DELTA_TEXT = ("content", "refusal", "reasoning_content", "reasoning")
+
+
+def _generated_chars(api: str, data: dict[str, Any]) -> int:
+    """Characters generated in one chat/completions chunk, over every choice (for estimates)."""
+    choices = data.get("choices")
+    if not choices or not isinstance(choices, list):
+        return 0
+    chars = 0
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if api == COMPLETIONS:
+            text = choice.get("text")
+            chars += len(text) if isinstance(text, str) else 0
+            continue
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
+        for key in _DELTA_TEXT:
+            text = delta.get(key)
+            if isinstance(text, str):
+                chars += len(text)
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    for key in ("name", "arguments"):
+                        text = function.get(key)
+                        chars += len(text) if isinstance(text, str) else 0
+    return chars
+
+
 def _generated(api: str, data: dict[str, Any]) -> tuple[str | None, Any]:
     """The text and tool calls a chat/completions chunk carries (None where absent or malformed)."""
     choices = data.get("choices")
@@ -204,11 +242,14 @@ def scan_stream(api: str, events: Iterable[SSEvent]) -> StreamFacts:
     events = events if isinstance(events, list) else list(events)
     # A complete chat stream (``[DONE]`` seen) needs only its first content event (TTFT), the
     # usage event and a model: found by cheap substring checks, only those are decoded. The
-    # generated-character count only feeds estimates of abandoned streams, so a stream
-    # without ``[DONE]`` is decoded in full.
+    # generated-character count only feeds estimates, so a stream without ``[DONE]``, or one
+    # that turns out to carry no usage, is decoded in full.
     if not any(ev.data.startswith("[DONE]") for ev in reversed(events)):
         return _scan_chat(api, events, full=True)
-    return _scan_chat(api, events, full=False)
+    facts = _scan_chat(api, events, full=False)
+    if facts.usage is None:
+        return _scan_chat(api, events, full=True)
+    return facts
 
 
 def _scan_chat(api: str, events: list[SSEvent], full: bool) -> StreamFacts:
@@ -231,15 +272,10 @@ def _scan_chat(api: str, events: list[SSEvent], full: bool) -> StreamFacts:
             model = data["model"]
         if data.get("usage"):
             usage = normalize_usage(api, data["usage"]) or usage
-        text, tool_calls = _generated(api, data)
-        if tool_calls:
-            if first_t is None:
-                first_t = ev.t
-            chars += len(json.dumps(tool_calls))
-        if text:
-            if first_t is None:
-                first_t = ev.t
-            chars += len(text)
+        if first_t is None and _has_content(api, data):
+            first_t = ev.t
+        if full:
+            chars += _generated_chars(api, data)
     return StreamFacts(usage, usage is not None, model, first_t, chars, terminal)
 
 
@@ -261,7 +297,12 @@ def _scan_responses(events: Iterable[SSEvent]) -> StreamFacts:
             if first_t is None:
                 first_t = ev.t
             delta = data.get("delta")
-            chars += len(delta) if isinstance(delta, str) else 0
+            if isinstance(delta, str) and kind not in _NOT_TEXT_DELTAS:
+                chars += len(delta)  # output text, refusals, function-call arguments, reasoning text
+        elif kind == "response.output_item.added":
+            item = data.get("item")
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                chars += len(item["name"])  # a function call's name (its arguments follow as deltas)
         elif kind == "response.created" or kind in _TERMINAL_RESPONSE_EVENTS:
             response = data.get("response") or {}
             if isinstance(response, dict):

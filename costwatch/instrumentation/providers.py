@@ -92,7 +92,7 @@ class StreamFacts(NamedTuple):
     usage_final: bool
     response_model: str | None
     first_content_t: float | None  # perf_counter of the first content event
-    text_chars: int  # generated characters seen (for estimates of abandoned streams)
+    text_chars: int  # generated characters seen (for estimates of streams without usage); 0 when not needed
     terminal: bool  # the provider's end-of-stream event was seen
 
 

@@ -10,11 +10,13 @@ header parsing, the OpenTelemetry span.
 
 ``usage_source``: ``provider`` when the provider's usage was read (for streams:
 the final usage — chat's include_usage chunk, Responses' terminal event,
-Anthropic's ``message_delta``); ``estimated`` for a stream the app abandoned or
-that broke before its end event (output ≈ generated characters / 4, input from
-partial usage such as ``message_start`` or else request-body size / 4);
-``missing`` otherwise (error responses, no usage in the body, a complete stream
-without usage), with every token field None — never 0.
+Anthropic's ``message_delta``); ``estimated`` for a stream that ended without
+that usage — abandoned by the app, broken, or complete but sent without usage
+(an OpenAI-compatible host without ``include_usage``): what the stream did
+report is kept (e.g. ``message_start``'s input), the rest is estimated from the
+generated text and the request's prompt text (`costwatch.instrumentation.estimate`);
+``missing`` otherwise (error responses, a JSON body without usage, a stream
+whose request body is unknown), with every token field None — never 0.
 
 Nothing here stores prompt or completion text: the event has only the fields
 in `costwatch.events`, and ``user`` / tag values pass through `scrub()`.
@@ -23,7 +25,6 @@ in `costwatch.events`, and ``user`` / tag values pass through `scrub()`.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import re
@@ -37,8 +38,8 @@ import msgspec
 from costwatch.context import Attribution
 from costwatch.events import UsageEvent, classify_status, local_host, new_event_id
 from costwatch.instrumentation import anthropic as anthropic_usage
+from costwatch.instrumentation import estimate, spans
 from costwatch.instrumentation import openai as openai_usage
-from costwatch.instrumentation import spans
 from costwatch.instrumentation.providers import (
     ANTHROPIC,
     AZURE_OPENAI,
@@ -54,7 +55,6 @@ log = logging.getLogger("costwatch.instrumentation")
 
 HEAD_BYTES = 1 << 20  # stream bytes kept from the start (first content event → TTFT, message_start)
 TAIL_BYTES = 1 << 20  # and from the end (final usage) once a stream outgrows the head
-CHARS_PER_TOKEN = 4  # rough estimate for abandoned / broken streams
 
 _SECRET = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
 _CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
@@ -315,10 +315,8 @@ class CallRecord:
                         ttft_ms = _millis(facts.first_content_t - self.t0)
                     if facts.usage_final and _complete(usage):
                         usage_source = "provider"
-                    elif not facts.terminal:  # abandoned by the app or broken: estimate
+                    else:  # abandoned, broken, or complete without usage: keep what is known, estimate the rest
                         usage, usage_source = _estimate(_json(self.request_body), facts, usage)
-                    else:  # complete, but the provider sent no usage
-                        usage = None
                 elif self.exc_type is None:  # JSON (also read through send(stream=True), e.g. raw clients)
                     usage, response_model = self._parse_body()
                     if _complete(usage):
@@ -465,18 +463,25 @@ def _complete(usage: Usage | None) -> bool:
 
 
 def _estimate(req: dict, facts: StreamFacts, usage: Usage | None) -> tuple[Usage | None, str]:
-    """Abandoned or broken stream: output from the text seen, input from what is known."""
-    input_tokens = usage.input_tokens if usage is not None else None
-    if input_tokens is None and req:
-        input_tokens = max(1, len(json.dumps(req.get("messages") or req.get("input") or req)) // 4)
-    from_text = -(-facts.text_chars // CHARS_PER_TOKEN)
-    partial = usage.output_tokens if usage is not None else None
-    output_tokens = max(from_text, partial or 0)
+    """A stream without (complete) final usage: keep what it reported, estimate the rest.
+
+    Output: the provider's count when its final usage had one, else the generated text
+    (never below a partial count such as ``message_start``'s). Input: the stream's own
+    count when it had one (``message_start``), else the request's prompt text.
+    """
+    known = usage if usage is not None else _NO_USAGE
+    input_tokens = known.input_tokens
+    if input_tokens is None:
+        input_tokens = estimate.input_tokens(req)
     if input_tokens is None:
         return None, "missing"
-    cached = usage.cached_input_tokens if usage is not None else None
-    write = usage.cache_write_tokens if usage is not None else None
-    return Usage(input_tokens, output_tokens, cached, write, None), "estimated"
+    if facts.usage_final and known.output_tokens is not None:
+        output_tokens = known.output_tokens
+    else:
+        output_tokens = max(estimate.tokens_from_chars(facts.text_chars), known.output_tokens or 0)
+    reasoning = known.reasoning_tokens if facts.usage_final else None
+    usage = Usage(input_tokens, output_tokens, known.cached_input_tokens, known.cache_write_tokens, reasoning)
+    return usage, "estimated"
 
 
 # The rate-limit response headers an event reads, in the order of the event's four fields.

@@ -33,6 +33,8 @@ def _populate(client: httpx.Client) -> None:
                    latency_ms=4000, http_status=200),
         make_event(http_status=429, error_class="rate_limit", latency_ms=30, usage_source="missing"),
         make_event(model="unknown-model", input_tokens=5, output_tokens=5, http_status=200),
+        make_event(input_tokens=200, output_tokens=30, latency_ms=900, http_status=200, stream=True,
+                   usage_source="estimated"),  # a stream that ended without usage
     ]  # fmt: skip
     assert post_events(client, events).status_code == 200
 
@@ -45,18 +47,25 @@ def test_metrics_match_sql(client: httpx.Client) -> None:
         "SELECT count(*), sum(input_tokens), sum(output_tokens), sum(cached_input_tokens),"
         " sum(cache_write_tokens), sum(reasoning_tokens), sum(cost_usd) FROM usage_events",
     )[0]
-    assert _sum(m, "costwatch_llm_requests_total") == row[0] == 4
+    assert _sum(m, "costwatch_llm_requests_total") == row[0] == 5
     assert _sum(m, "costwatch_llm_tokens_total", type="input") == row[1]
     assert _sum(m, "costwatch_llm_tokens_total", type="output") == row[2]
     assert _sum(m, "costwatch_llm_tokens_total", type="cached_input") == row[3]
     assert _sum(m, "costwatch_llm_tokens_total", type="cache_write") == row[4]
     assert _sum(m, "costwatch_llm_tokens_total", type="reasoning") == row[5]
     assert _sum(m, "costwatch_llm_cost_usd_total") == pytest.approx(row[6])
-    assert _sum(m, "costwatch_ingest_events_total") == 4
+    assert _sum(m, "costwatch_ingest_events_total") == 5
     assert _sum(m, "costwatch_llm_requests_total", status_class="4xx", error_class="rate_limit") == 1
     assert _sum(m, "costwatch_unpriced_events_total", model="unknown-model") == 1
-    assert _sum(m, "costwatch_llm_request_duration_seconds_count") == 3  # one event has no latency
-    assert _sum(m, "costwatch_llm_request_duration_seconds_bucket", le="1.0") == 2
+    # the estimated event is counted apart, and its tokens and cost are in the totals above
+    assert _sum(m, "costwatch_estimated_usage_events_total") == 1
+    assert _sum(m, "costwatch_estimated_usage_events_total", provider="openai", model="gpt-4o-mini") == 1
+    estimated = sql(
+        client, "SELECT sum(input_tokens), sum(cost_usd) FROM usage_events WHERE usage_source = 'estimated'"
+    )[0]
+    assert estimated[0] == 200 and estimated[1] is not None and estimated[1] > 0
+    assert _sum(m, "costwatch_llm_request_duration_seconds_count") == 4  # one event has no latency
+    assert _sum(m, "costwatch_llm_request_duration_seconds_bucket", le="1.0") == 3
     assert _sum(m, "costwatch_llm_time_to_first_token_seconds_count") == 1
     assert _sum(m, "costwatch_llm_ratelimit_remaining_requests", model="gpt-4o-mini") == 99
     assert _sum(m, "costwatch_ingest_batches_total") == 1
@@ -76,3 +85,16 @@ def test_promtool_check_metrics(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_status_counts_estimated_usage_and_its_spend(client: httpx.Client) -> None:
+    _populate(client)
+    status = client.get("/v1/status").json()
+    row = sql(
+        client,
+        "SELECT count(*) FILTER (WHERE usage_source = 'estimated'), count(*) FILTER (WHERE usage_source = 'missing'),"
+        " sum(cost_usd) FILTER (WHERE usage_source = 'estimated') FROM usage_events",
+    )[0]
+    assert (status["usage_estimated"], status["usage_missing"]) == (row[0], row[1]) == (1, 1)
+    assert status["spend_month_estimated_usd"] == pytest.approx(row[2]) and row[2] > 0
+    assert 0 < status["spend_month_estimated_usd"] < status["spend_month_usd"]

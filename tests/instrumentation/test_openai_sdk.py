@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import openai
@@ -122,12 +121,18 @@ def test_user_asked_for_usage_keeps_usage_chunk(
     assert (event.input_tokens, event.output_tokens) == (25, 9)
 
 
-def test_no_injection_when_off(fake_provider: FakeProvider, make_instrumented) -> None:
+def test_no_injection_when_off_completed_stream_is_estimated(
+    fake_provider: FakeProvider, make_instrumented
+) -> None:
     emitter = make_instrumented(inject_stream_usage="openai")  # the fake is not api.openai.com
     list(client(fake_provider).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
     [event] = emitter.wait_events(1)
     assert "stream_options" not in fake_provider.requests[0].body
-    assert event.usage_source == "missing" and event.input_tokens is None and event.output_tokens is None
+    # complete, but no usage in it: estimated, like an abandoned stream — never NULL
+    assert event.usage_source == "estimated"
+    assert event.output_tokens == 5  # "Hello from the fake": 19 chars → 5 tokens
+    assert event.input_tokens == 3 + 4 + 3  # "Say hello": 9 chars → 3, one message (4), the reply (3)
+    assert event.reasoning_tokens is None and event.cached_input_tokens is None
     assert event.ttft_ms is not None
 
 
@@ -160,7 +165,7 @@ def test_abandoned_stream_is_estimated(fake_provider: FakeProvider, instrumented
     [event] = instrumented.wait_events(1)
     assert event.usage_source == "estimated"
     assert event.output_tokens == 1  # "Hel": 3 chars → 1 token
-    assert event.input_tokens == len(json.dumps(MESSAGES)) // 4
+    assert event.input_tokens == 3 + 4 + 3  # "Say hello" → 3, one message → 4, the reply → 3
     assert event.error_class is None and event.http_status == 200
 
 

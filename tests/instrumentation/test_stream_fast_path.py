@@ -2,7 +2,8 @@
 
 `scan_chunks` decodes only the first events (up to the first content) and the usage
 event; whenever the stream is not the usual shape it must say so (None) so the
-general path runs instead.
+general path runs instead — and so must a stream without usage, whose generated
+text the general path counts for the estimate.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def test_fixture_streams_agree(name: str) -> None:
     chunks = _one_event_per_chunk((FIXTURES / name).read_bytes())
     assert chunks[-1][0] == b"data: [DONE]\n\n"
     fast = _fast("chat", chunks)
+    if "no_usage" in name:
+        assert fast is None, "a stream without usage goes to the general path (text count)"
+        return
     assert fast is not None, "a usual stream must take the fast path"
     assert fast == _general("chat", chunks)
 
@@ -74,8 +78,14 @@ def test_generated_streams_agree(seed: int) -> None:
     chunks = [(c, float(i)) for i, c in enumerate(raw)]
     fast = _fast("chat", chunks)
     general = _general("chat", chunks)
-    if fast is None:  # allowed only where the fast path cannot tell TTFT from bytes
-        assert kind == "none" and with_usage
+    if not with_usage:  # the general path counts the generated text for the estimate
+        assert fast is None
+        text = sum(len(d.get("content") or "") for d in deltas)  # type: ignore[arg-type]
+        args = sum(len(c["function"]["arguments"]) for d in deltas for c in d.get("tool_calls") or [])  # type: ignore[index,union-attr]
+        chars = openai_usage.scan_stream("chat", list(iter_events(chunks))).text_chars
+        assert chars == text + args
+    elif fast is None:  # allowed only where the fast path cannot tell TTFT from bytes
+        assert kind == "none"
     else:
         assert fast == general
 
@@ -92,6 +102,9 @@ def _cut(raw: bytes, rng: random.Random) -> list[tuple[bytes, float]]:
 def test_any_chunking_agrees(name: str, seed: int) -> None:
     chunks = _cut((FIXTURES / name).read_bytes(), random.Random(seed))
     fast = _fast("chat", chunks)
+    if "no_usage" in name:
+        assert fast is None
+        return
     assert fast is not None, "a plain LF stream takes the fast path however it is chunked"
     assert fast == _general("chat", chunks)  # TTFT: the chunk that completed the first content event
 

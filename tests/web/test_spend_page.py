@@ -163,6 +163,16 @@ def test_numbers_on_the_page_equal_costwatch_sql(open_page: Any, page_daemon: Pa
     assert num(shown["kpi-range"][0]) == pytest.approx(traffic.total_30d, abs=1e-9)
     in_30d = [e for e in traffic.events if e.ts_start > sql_now(page_daemon) - 30 * DAY]
     assert num(shown["kpi-requests"][0]) == len(in_30d)
+    # The calls whose tokens are estimated, and their spend: counted apart, and inside the totals.
+    count, value, text = driver.execute_script(
+        "const el = document.getElementById('kpi-estimated');"
+        " return [el.dataset.count, el.dataset.value, el.textContent];"
+    )
+    assert int(count) == sql["estimated"] == traffic.estimated_30d > 0
+    assert float(value) == sql["estimated_usd"]
+    assert sql["estimated_usd"] == pytest.approx(traffic.estimated_usd_30d, abs=1e-9)
+    assert 0 < sql["estimated_usd"] < sql["spend_range_usd"]
+    assert text == f"{usd(sql['estimated_usd'])} from {traffic.estimated_30d} estimated calls"
     assert 0 <= num(shown["kpi-today"][0]) <= num(shown["kpi-month"][0])  # type: ignore[operator]
 
     # Spend by model: the same rows, in the same order, as `costwatch sql`.

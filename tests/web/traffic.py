@@ -33,6 +33,8 @@ class Traffic:
     cost_by_model_30d: dict[str, float]
     cost_by_user_30d: dict[str, float]
     total_30d: float
+    estimated_30d: int  # calls with usage_source 'estimated' in the last 30 days
+    estimated_usd_30d: float  # and their cost
 
 
 def cost(model: str | None, input_tokens: int, output_tokens: int) -> float | None:
@@ -52,6 +54,7 @@ def make_traffic(now: float | None = None, seed: int = 7) -> Traffic:
     events: list[UsageEvent] = []
     by_model: dict[str, float] = defaultdict(float)
     by_user: dict[str, float] = defaultdict(float)
+    estimated = [0, 0.0]
     for n, age in enumerate(ages):
         model = rng.choices([*PRICES, UNPRICED], weights=[3, 6, 2, 1])[0]
         user = rng.choice(USERS)
@@ -76,7 +79,10 @@ def make_traffic(now: float | None = None, seed: int = 7) -> Traffic:
                 error_class=error,  # type: ignore[arg-type]
                 input_tokens=input_tokens if ok else None,
                 output_tokens=output_tokens if ok else None,
-                usage_source="provider" if ok else "missing",
+                # every 9th successful chat call: a stream that ended without usage (estimated, priced)
+                usage_source=("estimated" if n % 9 == 0 and model != "cw-embed" else "provider")
+                if ok
+                else "missing",
                 latency_ms=latency,
                 ttft_ms=latency * rng.uniform(0.1, 0.4) if ok and model != "cw-embed" else None,
                 user=user,
@@ -90,4 +96,9 @@ def make_traffic(now: float | None = None, seed: int = 7) -> Traffic:
         if age < 30 * DAY:
             by_model[model] += c or 0.0
             by_user[user or "(none)"] += c or 0.0
-    return Traffic(events, dict(by_model), dict(by_user), sum(by_model.values()))
+            if events[-1].usage_source == "estimated":
+                estimated[0] += 1
+                estimated[1] += c or 0.0
+    return Traffic(
+        events, dict(by_model), dict(by_user), sum(by_model.values()), int(estimated[0]), float(estimated[1])
+    )

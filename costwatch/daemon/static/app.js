@@ -57,6 +57,14 @@ function renderKpis(k) {
   const rate = k.requests ? k.errors / k.requests : null;
   setValue("kpi-errors", rate, rate === null ? "—" : pct(rate));
   $("kpi-unpriced").textContent = k.unpriced ? `${int(k.unpriced)} without a price` : "";
+  // Streams that ended without usage: priced from estimated tokens, counted in every sum above.
+  const est = $("kpi-estimated");
+  est.dataset.count = String(k.estimated || 0);
+  est.dataset.value = String(k.estimated_usd || 0);
+  est.textContent = k.estimated
+    ? `${usd(k.estimated_usd)} from ${int(k.estimated)} estimated call${k.estimated === 1 ? "" : "s"}`
+    : "";
+  est.title = k.estimated ? "Streams that ended without usage: tokens estimated from the text" : "";
 }
 
 function renderBudgets(result) {
