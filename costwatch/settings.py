@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 # The lookups themselves live in `costwatch.sources` (no pydantic), shared with the CLI's fast path.
 from costwatch.sources import (
@@ -99,6 +99,11 @@ class DaemonSettings(BaseSettings):
     db: Path | None = None  # default: <state_dir>/costwatch.duckdb
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    # Names (or IPs) besides loopback and the bind address that clients may put in the Host header:
+    # the DNS-rebinding check (costwatch/daemon/hosts.py) refuses every other one with a 421. Needed
+    # when the daemon binds 0.0.0.0 and is scraped or reached by name/IP. Config file: a list;
+    # COSTWATCH_ALLOWED_HOSTS: comma-separated (or a JSON list). "*" turns the check off.
+    allowed_hosts: Annotated[list[str], NoDecode] = []
     rules: Path | None = None  # default: ./alerts when present
     token: str | None = None
     prices: list[PriceOverride] = []
@@ -121,6 +126,25 @@ class DaemonSettings(BaseSettings):
         if not _BYTE_SIZE.fullmatch(value.strip()):
             raise ValueError("a size such as '512MB', '1GB' or '64MiB'")
         return value.strip()
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part for part in (p.strip() for p in text.split(",")) if part]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        from costwatch.daemon.hosts import normalize_host
+
+        return [h.strip() if h.strip() == "*" else normalize_host(h) for h in value]
 
     @field_validator("timezone")
     @classmethod

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -25,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from costwatch import events as ev
 from costwatch.daemon import store as store_mod
 from costwatch.daemon.auth import CHALLENGE, authorized, bearer_token
+from costwatch.daemon.hosts import HostCheck
 from costwatch.daemon.killswitch import ScopeError
 from costwatch.daemon.metrics import CONTENT_TYPE
 from costwatch.daemon.sql import QueryError, encode, run_query, to_csv
@@ -429,4 +431,6 @@ def build_app(
         Route("/v1/rules/reload", endpoint(rules_reload, auth=True), methods=["POST"]),
         Route("/v1/rules/backtest", endpoint(rules_backtest, auth=True), methods=["POST"]),
     ]
-    return Starlette(routes=[*extra_routes, *routes], lifespan=lifespan)
+    # Every route, extra ones included, sits behind the Host check (DNS rebinding: hosts.py).
+    host_check = Middleware(HostCheck, bind_host=settings.host, allowed_hosts=settings.allowed_hosts)
+    return Starlette(routes=[*extra_routes, *routes], lifespan=lifespan, middleware=[host_check])
