@@ -138,13 +138,13 @@ class HostCheck:
     async def _refuse(self, host: bytes, scope: Scope, send: Send) -> None:
         shown = host.decode("latin-1")[:200]
         message = (
-            f"Host {shown!r} is not allowed: the daemon answers loopback names and its bind address only;"
-            f" add the name to {SETTING_HINT} to reach it by that name"
+            f"Host {shown!r} is not allowed: the daemon answers only loopback names, its bind address"
+            f" and allowed_hosts; add the name to {SETTING_HINT} to reach it by that name"
         )
         if scope["type"] == "websocket":  # no route uses one today; close before accepting
             await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
             return
-        body = json.dumps({"error": message}).encode()
+        body = json.dumps({"error": message}, separators=(",", ":")).encode()  # as the app's errors
         await send(
             {
                 "type": "http.response.start",
