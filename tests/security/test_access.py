@@ -147,6 +147,7 @@ def test_non_loopback_bind_warns_and_still_needs_the_token(tmp_path: Path) -> No
         daemon.start()
         log = daemon.log.read_text()
         assert "warning: listening on 0.0.0.0, not loopback" in log
+        assert "need allowed_hosts (COSTWATCH_ALLOWED_HOSTS)" in log  # the Host check's setting
         r = httpx.post(daemon.url + "/v1/events", content=encode_many([make_event()]), timeout=10)
         assert r.status_code == 401
         r = httpx.post(daemon.url + "/v1/sql", json={"sql": "SELECT 1"}, timeout=10)
