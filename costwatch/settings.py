@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 # The lookups themselves live in `costwatch.sources` (no pydantic), shared with the CLI's fast path.
 from costwatch.sources import (
@@ -132,6 +132,11 @@ class DaemonSettings(BaseSettings):
     # Where clients look for this daemon (apps and the CLI read it; one config file serves all).
     # The daemon only compares it with what it binds and warns when they cannot be the same.
     url: str | None = None
+    # Names (or IPs) besides loopback and the bind address that clients may put in the Host header:
+    # the DNS-rebinding check (costwatch/daemon/hosts.py) refuses every other one with a 421. Needed
+    # when the daemon binds 0.0.0.0 and is scraped or reached by name/IP. Config file: a list;
+    # COSTWATCH_ALLOWED_HOSTS: comma-separated (or a JSON list). "*" turns the check off.
+    allowed_hosts: Annotated[list[str], NoDecode] = []
     rules: Path | None = None  # default: ./alerts when present
     token: str | None = None
     prices: list[PriceOverride] = []
@@ -159,6 +164,25 @@ class DaemonSettings(BaseSettings):
     @classmethod
     def _daemon_url(cls, value: str | None) -> str | None:
         return None if value is None else _client_url(value)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part for part in (p.strip() for p in text.split(",")) if part]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        from costwatch.daemon.hosts import normalize_host
+
+        return [h.strip() if h.strip() == "*" else normalize_host(h) for h in value]
 
     @field_validator("timezone")
     @classmethod

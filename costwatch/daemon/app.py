@@ -14,10 +14,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -25,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from costwatch import events as ev
 from costwatch.daemon import store as store_mod
 from costwatch.daemon.auth import CHALLENGE, authorized, bearer_token
+from costwatch.daemon.hosts import HostCheck
 from costwatch.daemon.killswitch import ScopeError
 from costwatch.daemon.metrics import CONTENT_TYPE
 from costwatch.daemon.sql import QueryError, encode, run_query, to_csv
@@ -429,4 +432,10 @@ def build_app(
         Route("/v1/rules/reload", endpoint(rules_reload, auth=True), methods=["POST"]),
         Route("/v1/rules/backtest", endpoint(rules_backtest, auth=True), methods=["POST"]),
     ]
-    return Starlette(routes=[*extra_routes, *routes], lifespan=lifespan)
+    # Every route, extra ones included, sits behind the Host check (DNS rebinding: hosts.py).
+    # The host in the daemon's own ``url`` (where clients are told to find it) is a configured name too.
+    url_host = [urlsplit(settings.url).hostname or ""] if settings.url else []
+    host_check = Middleware(
+        HostCheck, bind_host=settings.host, allowed_hosts=[*settings.allowed_hosts, *url_host]
+    )
+    return Starlette(routes=[*extra_routes, *routes], lifespan=lifespan, middleware=[host_check])

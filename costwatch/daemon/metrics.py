@@ -68,10 +68,15 @@ class DaemonMetrics:
 
     def __init__(self, killswitch_state: Callable[[], KillSwitchState] | None = None) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # `model` is the model that served the call when the provider named one (often a dated
+        # snapshot), else the requested one: a model's successes and failures land in different
+        # series. `request_model` (what the app asked for, "unknown" when absent) keeps them in one,
+        # for error rates per model. Only here: the histograms and the other counters stay on
+        # (provider, model, app), since a request_model label multiplies every bucket series.
         self.requests = Counter(
             "costwatch_llm_requests",
             "LLM API attempts recorded.",
-            [*_MLABELS, "status_class", "error_class"],
+            [*_MLABELS, "request_model", "status_class", "error_class"],
             registry=r,
         )
         self.tokens = Counter("costwatch_llm_tokens", "Tokens by type.", [*_MLABELS, "type"], registry=r)
@@ -165,7 +170,14 @@ class DaemonMetrics:
         groups: dict[tuple[Any, ...], list[Any]] = {}
         for event, cost in zip(events, costs, strict=True):
             model = event.model or event.response_model or event.request_model or "unknown"
-            key = (event.provider, model, event.app, event.http_status, event.error_class)
+            key = (
+                event.provider,
+                model,
+                event.app,
+                event.request_model,
+                event.http_status,
+                event.error_class,
+            )
             g = groups.get(key)
             if g is None:
                 # requests, input, output, cached, cache_write, reasoning, cost, priced?, unpriced,
@@ -192,9 +204,10 @@ class DaemonMetrics:
                 g[11] = event.ratelimit_remaining_requests
             if event.ratelimit_remaining_tokens is not None:
                 g[12] = event.ratelimit_remaining_tokens
-        for (provider, model, app, http_status, error_class), g in groups.items():
+        for (provider, model, app, request_model, http_status, error_class), g in groups.items():
             labels = (provider, model, app)
-            child(self.requests, *labels, status_class(http_status), error_class or "none").inc(g[0])
+            status, error = status_class(http_status), error_class or "none"
+            child(self.requests, *labels, request_model or "unknown", status, error).inc(g[0])
             for (type_name, _), value in zip(_TOKEN_TYPES, g[1:6], strict=True):
                 if value:
                     child(self.tokens, *labels, type_name).inc(value)

@@ -255,7 +255,13 @@ def serve(
     if not is_loopback(settings.host):
         print(
             f"costwatch: warning: listening on {settings.host}, not loopback; anyone who can reach it"
-            " can read /metrics and the kill-switch state (writes and SQL still need the token)",
+            " can read /metrics and the kill-switch state (writes and SQL still need the token)"
+            + (
+                "; clients that reach it by a name or a non-loopback IP need allowed_hosts"
+                " (COSTWATCH_ALLOWED_HOSTS)"
+                if settings.host in ("0.0.0.0", "::", "") and not settings.allowed_hosts
+                else ""
+            ),
             file=sys.stderr,
         )
     sock = _bind(settings.host, settings.port)

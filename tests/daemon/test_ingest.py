@@ -188,7 +188,7 @@ def test_huge_body_refused_before_it_is_read(start_daemon) -> None:
     # Announce 10 MB but send only the headers: a 413 must come back without the body.
     with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
         s.sendall(
-            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Authorization: Bearer {d.token}\r\nContent-Length: 10000000\r\n\r\n".encode()
         )
         started = time.monotonic()

@@ -98,3 +98,30 @@ def test_status_counts_estimated_usage_and_its_spend(client: httpx.Client) -> No
     assert (status["usage_estimated"], status["usage_missing"]) == (row[0], row[1]) == (1, 1)
     assert status["spend_month_estimated_usd"] == pytest.approx(row[2]) and row[2] > 0
     assert 0 < status["spend_month_estimated_usd"] < status["spend_month_usd"]
+
+
+def test_request_model_keeps_a_models_successes_and_failures_together(client: httpx.Client) -> None:
+    """Successes carry the served snapshot in `model`, failures the requested name: `request_model`
+    is the same on both, so one series per requested model gives its error rate."""
+    events = [
+        *(make_event(request_model="gpt-4o", response_model="gpt-4o-2024-08-06", model="gpt-4o-2024-08-06",
+                     http_status=200, input_tokens=10, output_tokens=1, latency_ms=100) for _ in range(9)),
+        make_event(request_model="gpt-4o", model="gpt-4o", http_status=500, error_class="server",
+                   usage_source="missing"),
+        make_event(request_model=None, model="gpt-4o-mini", http_status=200),
+    ]  # fmt: skip
+    assert post_events(client, events).status_code == 200
+    m = _samples(client.get("/metrics").text)
+    name = "costwatch_llm_requests_total"
+    assert {dict(ls)["model"] for n, ls in m if n == name and dict(ls)["request_model"] == "gpt-4o"} == {
+        "gpt-4o-2024-08-06",
+        "gpt-4o",
+    }
+    total = _sum(m, name, request_model="gpt-4o")
+    failed = _sum(m, name, request_model="gpt-4o", error_class="server")
+    assert (total, failed) == (10, 1)
+    assert _sum(m, name, request_model="unknown", model="gpt-4o-mini") == 1
+    # The histograms and the other counters keep their labels (cardinality: docs/api.md).
+    for family in ("costwatch_llm_request_duration_seconds_bucket", "costwatch_llm_tokens_total"):
+        assert any(n == family for n, _ in m)
+        assert not any("request_model" in dict(ls) for n, ls in m if n == family)

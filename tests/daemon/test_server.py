@@ -73,7 +73,7 @@ def test_keep_alive_replies_are_not_delayed_by_nagle(daemon) -> None:
         timings = []
         for _ in range(9):
             started = time.perf_counter()
-            s.sendall(b"GET /v1/killswitch HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /v1/killswitch HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             data = b""
             while not data.endswith(b"}"):
                 data += s.recv(65536)

@@ -88,7 +88,7 @@ def substitute(text: str, values: Mapping[str, str]) -> str:
 
 # -- the structural check (an equivalent of Grafana's schema for what this dashboard uses) ----
 PANEL_TYPES = {"row", "stat", "timeseries", "bargauge", "table"}
-REQUIRED_VARIABLES = {"datasource", "app", "model", "provider", "host"}
+REQUIRED_VARIABLES = {"datasource", "app", "model", "request_model", "provider", "host"}
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 

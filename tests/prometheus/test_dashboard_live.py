@@ -53,6 +53,7 @@ EXPECTED_LABELS: dict[str, set[str]] = {
     "Errors by error class (req/s)": {"error_class"},
     "Error rate by error class": {"error_class"},
     "Error rate by app": {"app"},
+    "Error rate by requested model": {"request_model"},
     "Request duration p50 / p95 / p99 by model": {"model"},
     "Time to first token p50 / p95 / p99 by model": {"model"},
     "Rate-limit headroom: requests": {"provider", "model"},
@@ -88,8 +89,14 @@ rules:
 """
 # Values of the filter variables: everything, then one concrete selection.
 SELECTIONS = {
-    "all": {"host": ".*", "provider": ".*", "app": ".*", "model": ".*"},
-    "selected": {"host": HOST, "provider": "openai|anthropic", "app": APP, "model": ".*"},
+    "all": {"host": ".*", "provider": ".*", "app": ".*", "model": ".*", "request_model": ".*"},
+    "selected": {
+        "host": HOST,
+        "provider": "openai|anthropic",
+        "app": APP,
+        "model": ".*",
+        "request_model": "gpt-4o-mini|gpt-4o|claude-sonnet-4",
+    },
 }
 
 
@@ -211,6 +218,34 @@ def test_variable_queries_list_the_traffic(live: Live) -> None:
         "label/model/values", **{"match[]": dash.substitute(match.group("selector"), SELECTIONS["all"])}
     )
     assert {"gpt-4o-mini-snap", "gpt-4o-snap", "claude-sonnet-4-snap"} <= set(data["data"])
+    # Requested models: what the traffic asked for, never the served snapshots.
+    match = dash.LABEL_VALUES_RE.match(dash.variable_query(variables["request_model"]))
+    assert match is not None and match.group("label") == "request_model"
+    data = live.prometheus.api(
+        "label/request_model/values",
+        **{"match[]": dash.substitute(match.group("selector"), SELECTIONS["all"])},
+    )
+    requested = set(data["data"])
+    assert {"gpt-4o-mini", "claude-sonnet-4"} <= requested
+    assert not any(name.endswith("-snap") for name in requested), requested
+
+
+def test_error_rate_per_requested_model_is_one_series_per_model(live: Live) -> None:
+    """The traffic's failed calls carry the requested name in `model`, its successes the served
+    snapshot: by request_model, each model is one series with a rate below 100 %."""
+    panel = next(
+        t for t in dash.targets(dash.load(DASHBOARD)) if t.panel_title == "Error rate by requested model"
+    )
+    expr = dash.substitute(panel.expr, SELECTIONS["all"])
+    result = live.prometheus.query(expr)["data"]["result"]
+    rates = {s["metric"]["request_model"]: float(s["value"][1]) for s in result}
+    failed = live.prometheus.query(
+        'sum by (request_model) (costwatch_llm_requests_total{error_class!~"none|blocked"})'
+    )["data"]["result"]
+    assert failed, "the traffic has failed calls"
+    for series in failed:
+        name = series["metric"]["request_model"]
+        assert name in rates and 0 < rates[name] < 1, (name, rates)
 
 
 def test_a_filter_that_matches_nothing_empties_the_panels(live: Live) -> None:

@@ -65,6 +65,28 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     assert "LLMErrorRateHigh" in result.stdout + result.stderr
 
 
+@needs_promtool
+def test_unit_tests_need_the_request_model_grouping(tmp_path: Path) -> None:
+    """Grouped by `model`, a model's failures (requested name) and successes (served snapshot)
+    split into two series: the error-rate and 429 tests must then fail (a failures-only series
+    is at 100 %)."""
+    rules = RULES.read_text().replace("by (provider, request_model, app)", "by (provider, model, app)")
+    assert rules.count("by (provider, model, app)") >= 5
+    (tmp_path / RULES.name).write_text(rules.replace("$labels.request_model", "$labels.model"))
+    tests = yaml.safe_load(RULES_TEST.read_text())
+    tests["tests"] = [g for g in tests["tests"] if "error rate" in g["name"] or "429s" in g["name"]]
+    assert len(tests["tests"]) == 2
+    for group in tests["tests"]:
+        for case in group["alert_rule_test"]:
+            for alert in case["exp_alerts"]:
+                alert["exp_labels"]["model"] = alert["exp_labels"].pop("request_model")
+    (tmp_path / RULES_TEST.name).write_text(yaml.safe_dump(tests))
+    result = run([str(PROMTOOL), "test", "rules", RULES_TEST.name], tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "LLMErrorRateHigh" in output and "LLMRateLimitStorm" in output
+
+
 def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
     rules = yaml.safe_load(RULES.read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}

@@ -41,7 +41,7 @@ def in_process_daemon(state_dir: Path, **overrides: Any) -> InProcess:
     loop = asyncio.new_event_loop()
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=daemon.app),
-        base_url="http://costwatch.test",
+        base_url="http://127.0.0.1:7707",
         headers={"Authorization": f"Bearer {daemon.token}"},
         timeout=30,
     )

@@ -43,7 +43,9 @@ def full_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     d.daemon.close()  # rebuild with the CLI's extra routes, on the same state dir
     settings = DaemonSettings(state_dir=state, port=0)
     daemon = Daemon(settings, services=default_services(settings), routes=default_routes())
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=daemon.app), base_url="http://cw")
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=daemon.app), base_url="http://127.0.0.1:7707"
+    )
     full = InProcess(daemon, d.loop, client)
     try:
         yield full
@@ -84,6 +86,47 @@ def test_every_write_and_sql_route_refuses_missing_or_wrong_token(full_app: InPr
     assert r.status_code in (404, 405)
 
 
+def test_every_route_refuses_a_rebinding_host(full_app: InProcess) -> None:
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own name as Host.
+
+    Even with the right token (a page could not have it, but the check must not depend on that)
+    no route answers, reads or writes: 421 and one JSON line naming the host and the setting.
+    """
+    routes = sorted(set(_routes(full_app.daemon.app.routes)))
+    assert {("GET", "/metrics"), ("GET", "/healthz"), ("GET", "/v1/killswitch"), ("GET", "/"),
+            ("POST", "/v1/events"), ("POST", "/v1/killswitch")} <= set(routes)  # fmt: skip
+    before = full_app.rows()
+    auth = {"Authorization": "Bearer " + full_app.daemon.token}
+    for host in (
+        "evil.example:7707",
+        "evil.example",
+        "127.0.0.1.evil.example",
+        "localhost.evil.example:7707",
+    ):
+        for method, path in routes:
+            url = path.replace("{path}", "index.html")
+            if path == "/v1/events":
+                body = encode_many([make_event()])
+            elif path == "/v1/killswitch":
+                body = b'{"action": "engage", "reason": "rebinding"}'
+            else:
+                body = b'{"sql": "SELECT 1"}'
+            r = full_app.call(
+                method, url, headers={**auth, "Host": host}, content=body if method == "POST" else None
+            )
+            assert r.status_code == 421, (host, method, path, r.status_code, r.text)
+            if method == "HEAD":
+                continue
+            error = r.json()["error"]
+            assert repr(host) in error and "COSTWATCH_ALLOWED_HOSTS" in error and "\n" not in error
+    assert full_app.rows() == before
+    assert full_app.call("GET", "/v1/killswitch").json()["engaged"] == []
+    # The same requests addressed to loopback names are answered.
+    for host in ("127.0.0.1:7707", "localhost:7707", "[::1]:7707"):
+        assert full_app.call("GET", "/metrics", headers={"Host": host}).status_code == 200
+        assert full_app.call("GET", "/", headers={"Host": host}).status_code == 200
+
+
 def test_public_routes_take_no_writes(full_app: InProcess) -> None:
     for method, path in PUBLIC:
         if method != "GET":
@@ -104,6 +147,7 @@ def test_non_loopback_bind_warns_and_still_needs_the_token(tmp_path: Path) -> No
         daemon.start()
         log = daemon.log.read_text()
         assert "warning: listening on 0.0.0.0, not loopback" in log
+        assert "need allowed_hosts (COSTWATCH_ALLOWED_HOSTS)" in log  # the Host check's setting
         r = httpx.post(daemon.url + "/v1/events", content=encode_many([make_event()]), timeout=10)
         assert r.status_code == 401
         r = httpx.post(daemon.url + "/v1/sql", json={"sql": "SELECT 1"}, timeout=10)
