@@ -214,17 +214,8 @@ def test_fleet_budget_alert_engages_every_daemons_killswitch(
 
 def export_parquet(d: Daemon, directory: Path) -> None:
     """``costwatch export --parquet DIR`` against a running daemon, as a user runs it."""
-    env = dict(os.environ, COSTWATCH_STATE_DIR=str(d.state_dir), PYTHONPATH=str(REPO))
-    argv = [
-        sys.executable,
-        "-m",
-        "costwatch.cli",
-        "export",
-        "--parquet",
-        str(directory),
-        "--port",
-        str(d.port),
-    ]
+    env = dict(os.environ, COSTWATCH_STATE_DIR=str(d.state_dir), COSTWATCH_URL=d.url, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "costwatch.cli", "export", "--parquet", str(directory)]
     result = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exported" in result.stdout

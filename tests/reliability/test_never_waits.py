@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -30,11 +31,14 @@ pytestmark = pytest.mark.slow
 
 CALLS = 9
 EXIT_BUDGET_S = 1.0
-# A call may be this much slower than the same call without costwatch. Before this file's fixes a
-# hung daemon cost the first calls ~2 s each (a lease exchange waited for); noise on two busy
-# cores is a few ms per call. The first call of each API shape builds the SDK's pydantic schemas
-# (50-150 ms of CPU), which any other thread in the process slows by tens of ms.
-CALL_SLACK_MS = 100.0
+# Before this file's fixes a hung daemon cost the first calls ~2 s each (a lease exchange waited
+# for) and the exit ~4 s. A wait shows in every call it touches; what remains is noise: a few ms
+# per call, and one-off costs any extra import brings (costwatch's ~13k objects move the app's
+# next full GC collection, ~45 ms, into whichever call allocates enough to trigger it).
+MEDIAN_SLACK_MS = 10.0
+CALL_SLACK_MS = 300.0
+# Interpreter teardown after our exit work: tens of ms, more on two busy cores.
+TEARDOWN_S = 1.0
 
 APP = r"""
 import json, os, sys, time
@@ -172,13 +176,14 @@ def test_no_call_waits_and_exit_keeps_its_budget_whatever_the_daemon_does(
             )
             calls, exit_wait = run_app(provider, env)
             # The whole exit (our flush and lease release, then the interpreter's own teardown).
-            assert exit_wait < EXIT_BUDGET_S + 0.5, (mode, exit_wait)
+            assert exit_wait < EXIT_BUDGET_S + TEARDOWN_S, (mode, exit_wait)
             runs.append(calls)
     finally:
         daemon.close() if isinstance(daemon, HungDaemon) else daemon.stop()
     # A wait costwatch causes shows in both runs; a scheduling hiccup on a busy machine in one.
     calls = [min(a, b) for a, b in zip(*runs, strict=True)]
     slower = [round(c - b, 1) for c, b in zip(calls, baseline, strict=True)]
+    assert statistics.median(slower) < MEDIAN_SLACK_MS, (mode, slower, calls, baseline)
     assert max(slower) < CALL_SLACK_MS, (mode, slower, calls, baseline)
 
     # Nothing was lost: what could not be delivered is in the spool, and the next process
