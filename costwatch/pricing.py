@@ -540,8 +540,15 @@ def _genai_context(context: Context) -> dict[str, str]:
     return out
 
 
-def _has_variant(model_info: Any, key: str, value: str) -> bool:
-    return any(v.when.get(key) == value for v in model_info.price_variants or ())
+def _has_variant(model_info: Any, key: str, value: str, context: dict[str, str]) -> bool:
+    """Whether genai-prices would apply a variant for ``key = value`` in this context (today)."""
+    now = datetime.now(tz=timezone.utc)
+    return any(
+        v.when.get(key) == value
+        and all(context.get(k) == w for k, w in v.when.items())
+        and (v.constraint is None or v.constraint.active(now))
+        for v in model_info.price_variants or ()
+    )
 
 
 def _resolve(provider: str, model: str, context: Context = _STANDARD) -> _Rates | _Conditional | None:
@@ -557,12 +564,12 @@ def _resolve(provider: str, model: str, context: Context = _STANDARD) -> _Rates 
     wanted = _genai_context(context)
     multiplier = _ONE
     for key, value in list(wanted.items()):
-        if _has_variant(info, key, value):
+        if _has_variant(info, key, value, wanted):
             continue
         # No variant for this tier: a published rule, or no price at all (never the standard rate).
         if key == "service_tier" and value == "flex" and provider in _FLEX_AS_BATCH:
             del wanted[key]
-            if _has_variant(info, "processing", "batch"):
+            if _has_variant(info, "processing", "batch", {**wanted, "processing": "batch"}):
                 wanted["processing"] = "batch"
             else:
                 multiplier *= _BATCH_RULE[provider]
