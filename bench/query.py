@@ -130,6 +130,14 @@ def generate(path: Path, n: int, days: float = 60.0) -> float:
         "price_version": "CASE WHEN err THEN NULL ELSE 'genai-prices 0.2.3' END",
         "ingested_at": f"to_timestamp({start} + i * {days * 86_400 / n} + 0.2)",
         "day": f"CAST(to_timestamp({start} + i * {days * 86_400 / n}) AS DATE)",  # as the writer stores it
+        "service_tier": "CASE WHEN m <= 5 THEN 'default' ELSE 'standard' END",
+        "speed": "NULL",
+        "inference_geo": "NULL",
+        "cache_write_5m_tokens": "NULL",
+        "cache_write_1h_tokens": "NULL",
+        "provider_cost_usd": "NULL",
+        "computed_cost_usd": f"CASE WHEN err THEN NULL ELSE (inp * {_PRICE_IN}[m] + outp * {_PRICE_OUT}[m]) / 1e6 END",
+        "cost_source": "CASE WHEN err THEN NULL ELSE 'computed' END",
     }
     missing = set(ALL_COLUMNS) - set(exprs)
     assert not missing, f"the generator misses columns {missing}"

@@ -11,6 +11,15 @@ Token meaning, normalized across providers (see docs/architecture.md):
 - ``cache_write_tokens`` is the part of ``input_tokens`` written to cache.
 - ``output_tokens`` counts all generated tokens, reasoning included.
 - ``reasoning_tokens`` is the part of ``output_tokens`` spent reasoning.
+- ``cache_write_5m_tokens`` / ``cache_write_1h_tokens`` split ``cache_write_tokens`` by
+  cache lifetime where the provider reports it (Anthropic's ``usage.cache_creation``);
+  each write is priced at its own rate.
+
+Pricing facts read from the *response* (what the call was served and billed at):
+``service_tier`` as the provider names it (OpenAI ``default``/``flex``/``priority``/
+``scale``; Anthropic ``standard``/``priority``/``batch``), Anthropic's ``speed`` and
+``inference_geo``, and ``provider_cost_usd`` when the response carries its own cost
+(an OpenAI-compatible router's ``usage.cost``).
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ _Tokens = Annotated[int, msgspec.Meta(ge=0, le=10**12)] | None
 _Millis = Annotated[float, msgspec.Meta(ge=0, le=86_400_000)] | None
 _Epoch = Annotated[float, msgspec.Meta(ge=0, le=32_503_680_000)]  # up to year 3000
 _Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)] | None
+_Label = Annotated[str, msgspec.Meta(max_length=64)] | None
+_Usd = Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None
 _Tags = Annotated[
     dict[Annotated[str, msgspec.Meta(max_length=128)], Annotated[str, msgspec.Meta(max_length=512)]],
     msgspec.Meta(max_length=32),
@@ -94,6 +105,12 @@ class UsageEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_
     ratelimit_remaining_tokens: _Count = None
     ratelimit_limit_requests: _Count = None
     ratelimit_limit_tokens: _Count = None
+    service_tier: _Label = None
+    speed: _Label = None
+    inference_geo: _Label = None
+    cache_write_5m_tokens: _Tokens = None
+    cache_write_1h_tokens: _Tokens = None
+    provider_cost_usd: _Usd = None
     schema_version: Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
 
 
@@ -104,6 +121,8 @@ TOKEN_FIELDS: tuple[str, ...] = (
     "cached_input_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
 )
 
 _encoder = msgspec.json.Encoder()

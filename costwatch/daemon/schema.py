@@ -1,4 +1,7 @@
-"""DuckDB schema: the `usage_events` columns are derived from `UsageEvent`, plus what the daemon adds.
+"""DuckDB schema: the `usage_events` columns follow `UsageEvent`, plus what the daemon adds.
+
+Migration 1 created the table as written out in `_USAGE_EVENTS_V1`; a field added to the event
+since then is a column of `ADDED_COLUMNS`, added by a later migration with literal DDL.
 
 Migrations are an ordered list; `schema_migrations` records which ran.
 """
@@ -32,7 +35,30 @@ ADDED_COLUMNS: dict[str, str] = {
     # `CAST(ts_start AS DATE)` is a per-row ICU time-zone conversion (~390 ms at 10M rows).
     # Nullable: rows written by hand without it are still accepted.
     "day": "DATE",
+    # Migration 3 (what the invoice prices): event fields added to `UsageEvent` ...
+    "service_tier": "VARCHAR",
+    "speed": "VARCHAR",
+    "inference_geo": "VARCHAR",
+    "cache_write_5m_tokens": "BIGINT",
+    "cache_write_1h_tokens": "BIGINT",
+    "provider_cost_usd": "DOUBLE",
+    # ... and what the writer adds: the cost costwatch computed (kept beside a provider-reported
+    # `cost_usd`), and where `cost_usd` came from (`provider` | `computed` | NULL: unpriced).
+    "computed_cost_usd": "DOUBLE",
+    "cost_source": "VARCHAR",
 }
+
+# The event fields migration 1 created, in its column order. Later event fields are columns of
+# ADDED_COLUMNS (a new database runs every migration, so both end up with the same columns).
+V1_EVENT_FIELDS: tuple[str, ...] = (
+    "id", "call_id", "ts_start", "ts_end", "provider", "operation", "app", "host", "pid",
+    "server_address", "request_model", "response_model", "model", "stream", "http_status",
+    "error_class", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+    "reasoning_tokens", "usage_source", "latency_ms", "ttft_ms", "retry_attempt", "user", "tags",
+    "trace_id", "span_id", "blocked", "block_reason", "ratelimit_remaining_requests",
+    "ratelimit_remaining_tokens", "ratelimit_limit_requests", "ratelimit_limit_tokens",
+    "schema_version",
+)  # fmt: skip
 
 
 def _duckdb_type(name: str, annotation: object) -> str:
@@ -71,17 +97,60 @@ def event_columns() -> dict[str, str]:
 
 def stored_columns() -> dict[str, str]:
     """Every `usage_events` column -> DuckDB type, in table order (after all migrations)."""
-    return {**event_columns(), **DAEMON_COLUMNS, **ADDED_COLUMNS}
+    events = event_columns()
+    return {**{name: events[name] for name in V1_EVENT_FIELDS}, **DAEMON_COLUMNS, **ADDED_COLUMNS}
 
 
-def usage_events_ddl() -> str:
-    columns = {**event_columns(), **DAEMON_COLUMNS}
-    # No PRIMARY KEY: the ART index it builds made the file ~5x larger (4M UUIDv7 ids:
-    # 322 MB vs 66 MB) and inserts ~16% slower. The store dedupes instead with an
-    # anti-join on the batch's ts_start range (zone maps; ~6 ms per 10k ids at 4M rows).
-    columns["id"] = "VARCHAR NOT NULL"
-    body = ",\n    ".join(f"{name} {sql_type}" for name, sql_type in columns.items())
-    return f"CREATE TABLE usage_events (\n    {body}\n)"
+# Migration 1's table, written out: it used to be generated from the current `UsageEvent`, so a
+# field added to the event would have changed what migration 1 creates (and clashed with the
+# migration that adds it). No PRIMARY KEY: the ART index it builds made the file ~5x larger
+# (4M UUIDv7 ids: 322 MB vs 66 MB) and inserts ~16% slower. The store dedupes instead with an
+# anti-join on the batch's ts_start range (zone maps; ~6 ms per 10k ids at 4M rows).
+_USAGE_EVENTS_V1 = """CREATE TABLE usage_events (
+    id VARCHAR NOT NULL,
+    call_id VARCHAR,
+    ts_start TIMESTAMPTZ,
+    ts_end TIMESTAMPTZ,
+    provider VARCHAR,
+    operation VARCHAR,
+    app VARCHAR,
+    host VARCHAR,
+    pid BIGINT,
+    server_address VARCHAR,
+    request_model VARCHAR,
+    response_model VARCHAR,
+    model VARCHAR,
+    stream BOOLEAN,
+    http_status BIGINT,
+    error_class VARCHAR,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    cached_input_tokens BIGINT,
+    cache_write_tokens BIGINT,
+    reasoning_tokens BIGINT,
+    usage_source VARCHAR,
+    latency_ms DOUBLE,
+    ttft_ms DOUBLE,
+    retry_attempt BIGINT,
+    user VARCHAR,
+    tags MAP(VARCHAR, VARCHAR),
+    trace_id VARCHAR,
+    span_id VARCHAR,
+    blocked BOOLEAN,
+    block_reason VARCHAR,
+    ratelimit_remaining_requests BIGINT,
+    ratelimit_remaining_tokens BIGINT,
+    ratelimit_limit_requests BIGINT,
+    ratelimit_limit_tokens BIGINT,
+    schema_version BIGINT,
+    cost_usd DOUBLE,
+    input_cost_usd DOUBLE,
+    output_cost_usd DOUBLE,
+    priced BOOLEAN NOT NULL,
+    price_source VARCHAR,
+    price_version VARCHAR,
+    ingested_at TIMESTAMPTZ NOT NULL
+)"""
 
 
 _SPEND_BY_DAY_V1 = """
@@ -131,7 +200,7 @@ _VIEWS_V1: dict[str, str] = {**VIEWS, "spend_by_day": _SPEND_BY_DAY_V1}
 
 def _migration_1() -> list[str]:
     statements = [
-        usage_events_ddl(),
+        _USAGE_EVENTS_V1,
         """CREATE TABLE killswitches (
             id VARCHAR PRIMARY KEY,
             scope MAP(VARCHAR, VARCHAR) NOT NULL,
@@ -173,5 +242,29 @@ def _migration_2() -> list[str]:
     ]
 
 
+def _migration_3() -> list[str]:
+    """Service tier, speed, geography, cache writes by duration, provider-reported cost (issue 21).
+
+    Rows stored before have no tier and no provider cost: their `cost_usd` was computed, so it
+    is copied to `computed_cost_usd` and `cost_source` says so.
+    """
+    return [
+        "ALTER TABLE usage_events ADD COLUMN service_tier VARCHAR",
+        "ALTER TABLE usage_events ADD COLUMN speed VARCHAR",
+        "ALTER TABLE usage_events ADD COLUMN inference_geo VARCHAR",
+        "ALTER TABLE usage_events ADD COLUMN cache_write_5m_tokens BIGINT",
+        "ALTER TABLE usage_events ADD COLUMN cache_write_1h_tokens BIGINT",
+        "ALTER TABLE usage_events ADD COLUMN provider_cost_usd DOUBLE",
+        "ALTER TABLE usage_events ADD COLUMN computed_cost_usd DOUBLE",
+        "ALTER TABLE usage_events ADD COLUMN cost_source VARCHAR",
+        "UPDATE usage_events SET computed_cost_usd = cost_usd,"
+        " cost_source = CASE WHEN cost_usd IS NOT NULL THEN 'computed' END",
+    ]
+
+
 # Append new migrations; never edit one that has shipped.
-MIGRATIONS: list[tuple[int, typing.Callable[[], list[str]]]] = [(1, _migration_1), (2, _migration_2)]
+MIGRATIONS: list[tuple[int, typing.Callable[[], list[str]]]] = [
+    (1, _migration_1),
+    (2, _migration_2),
+    (3, _migration_3),
+]

@@ -47,9 +47,9 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 EVENT_COLUMNS: dict[str, str] = schema.event_columns()
 ALL_COLUMNS: list[str] = list(schema.stored_columns())
-# What the writer's Arrow batch holds; `day` is computed by the INSERT itself.
-_BATCH_COLUMNS: list[str] = [*EVENT_COLUMNS, *schema.DAEMON_COLUMNS]
-assert list(schema.DAEMON_COLUMNS) == [*PRICE_COLUMNS, "ingested_at"]
+# What the writer's Arrow batch holds (inserted by name); `day` is computed by the INSERT itself.
+_BATCH_COLUMNS: list[str] = [*EVENT_COLUMNS, *PRICE_COLUMNS, "ingested_at"]
+assert sorted([*_BATCH_COLUMNS, "day"]) == sorted(ALL_COLUMNS)
 INSERT_BATCH = (
     f"INSERT INTO usage_events ({', '.join(_BATCH_COLUMNS)}, day)"
     " SELECT *, CAST(ts_start AS DATE) FROM _cw_batch"
@@ -472,7 +472,8 @@ def summary(cur: duckdb.DuckDBPyConnection, tz: str = "UTC") -> dict[str, Any]:
 # What `Pricer.price_table` reads of each stored row (and the id to write the prices back).
 _REPRICE_COLUMNS = (
     "id, provider, model, response_model, request_model, input_tokens, output_tokens,"
-    " cached_input_tokens, cache_write_tokens, usage_source, ts_start"
+    " cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, usage_source, ts_start,"
+    " service_tier, speed, inference_geo, provider_cost_usd"
 )
 
 
@@ -488,7 +489,8 @@ def reprice(cur: duckdb.DuckDBPyConnection, pricer: Pricer, since: float | None)
         cur.execute(
             "UPDATE usage_events SET cost_usd = b.cost_usd, input_cost_usd = b.input_cost_usd,"
             " output_cost_usd = b.output_cost_usd, priced = b.priced, price_source = b.price_source,"
-            " price_version = b.price_version FROM _cw_reprice b"
+            " price_version = b.price_version, computed_cost_usd = b.computed_cost_usd,"
+            " cost_source = b.cost_source FROM _cw_reprice b"
             " WHERE usage_events.id = b.id AND usage_events.ts_start >= to_timestamp(?)",
             [lo],
         )

@@ -5,6 +5,11 @@ Anthropic's ``input_tokens`` *excludes* cache reads and writes; costwatch's
 cache_creation_input_tokens`` so that every provider means the same thing.
 In streams ``message_start`` carries input and cache fields and
 ``message_delta.usage`` is cumulative (it may repeat or update input fields).
+
+``usage`` also says how the call was billed: ``service_tier`` (``standard``,
+``priority``, ``batch``), ``speed`` (``standard``, ``fast``), ``inference_geo``
+(``global``, ``us``) and ``cache_creation`` (cache writes split by lifetime:
+``ephemeral_5m_input_tokens``, ``ephemeral_1h_input_tokens``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from costwatch.instrumentation.providers import MAX_TOKENS, StreamFacts, Usage, as_int
+from costwatch.instrumentation.providers import MAX_TOKENS, StreamFacts, Usage, as_cost, as_int, as_label
 from costwatch.instrumentation.sse import SSEvent
 
 
@@ -28,7 +33,22 @@ def normalize_usage(usage: Any) -> Usage | None:
     total_in = None if base is None else base + (read or 0) + (write or 0)
     if total_in is not None and total_in > MAX_TOKENS:
         total_in = None
-    return Usage(total_in, as_int(usage.get("output_tokens")), read, write, thinking)
+    by_ttl = usage.get("cache_creation")
+    write_5m = as_int(by_ttl.get("ephemeral_5m_input_tokens")) if isinstance(by_ttl, dict) else None
+    write_1h = as_int(by_ttl.get("ephemeral_1h_input_tokens")) if isinstance(by_ttl, dict) else None
+    return Usage(
+        total_in,
+        as_int(usage.get("output_tokens")),
+        read,
+        write,
+        thinking,
+        write_5m,
+        write_1h,
+        as_label(usage.get("service_tier")),
+        as_label(usage.get("speed")),
+        as_label(usage.get("inference_geo")),
+        as_cost(usage.get("cost")),
+    )
 
 
 def from_body(body: Any) -> tuple[Usage | None, str | None]:

@@ -3,6 +3,11 @@
 OpenAI's ``prompt_tokens`` / ``input_tokens`` already include cached tokens and
 ``completion_tokens`` / ``output_tokens`` include reasoning tokens, which is
 the meaning costwatch stores, so the numbers pass through unchanged.
+
+``service_tier`` is read from the response (chat: the body and every stream chunk;
+Responses: the response object), not from the request: a ``priority`` request can be
+served at ``default``. ``usage.cost`` is the cost an OpenAI-compatible router
+(OpenRouter) reports for the call, in USD.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from costwatch.instrumentation.providers import (
     RESPONSES,
     StreamFacts,
     Usage,
+    as_cost,
     as_int,
+    as_label,
 )
 from costwatch.instrumentation.sse import SSEvent
 
@@ -38,6 +45,7 @@ def normalize_usage(api: str, usage: Any) -> Usage | None:
             as_int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else None,
             as_int(in_details.get("cache_write_tokens")) if isinstance(in_details, dict) else None,
             as_int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else None,
+            cost_usd=as_cost(usage.get("cost")),
         )
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
@@ -50,7 +58,14 @@ def normalize_usage(api: str, usage: Any) -> Usage | None:
         as_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else None,
         as_int(prompt_details.get("cache_write_tokens")) if isinstance(prompt_details, dict) else None,
         as_int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None,
+        cost_usd=as_cost(usage.get("cost")),
     )
+
+
+def _with_tier(usage: Usage | None, tier: Any) -> Usage | None:
+    """The usage with the response's ``service_tier`` (a member of the body or chunk, not of usage)."""
+    label = as_label(tier)
+    return usage if usage is None or label is None else usage._replace(service_tier=label)
 
 
 def from_body(api: str, body: Any) -> tuple[Usage | None, str | None]:
@@ -58,7 +73,8 @@ def from_body(api: str, body: Any) -> tuple[Usage | None, str | None]:
     if not isinstance(body, dict):
         return None, None
     model = body.get("model")
-    return normalize_usage(api, body.get("usage")), model if isinstance(model, str) else None
+    usage = _with_tier(normalize_usage(api, body.get("usage")), body.get("service_tier"))
+    return usage, model if isinstance(model, str) else None
 
 
 _decode = msgspec.json.decode
@@ -134,7 +150,8 @@ def _last_usage(api: str, data: bytes, done: int) -> tuple[Usage | None, str | N
             found = _event_data(block)
             if isinstance(found, dict) and found.get("usage"):
                 model = found.get("model")
-                return normalize_usage(api, found["usage"]), model if isinstance(model, str) else None
+                usage = _with_tier(normalize_usage(api, found["usage"]), found.get("service_tier"))
+                return usage, model if isinstance(model, str) else None
         end = start - 2
     return None, None
 
@@ -271,7 +288,7 @@ def _scan_chat(api: str, events: list[SSEvent], full: bool) -> StreamFacts:
         if isinstance(data.get("model"), str):
             model = data["model"]
         if data.get("usage"):
-            usage = normalize_usage(api, data["usage"]) or usage
+            usage = _with_tier(normalize_usage(api, data["usage"]), data.get("service_tier")) or usage
         if first_t is None and _has_content(api, data):
             first_t = ev.t
         if full:
@@ -309,5 +326,6 @@ def _scan_responses(events: Iterable[SSEvent]) -> StreamFacts:
                 model = response.get("model") or model
                 if kind in _TERMINAL_RESPONSE_EVENTS:
                     terminal = True
-                    usage = normalize_usage(RESPONSES, response.get("usage")) or usage
+                    found = normalize_usage(RESPONSES, response.get("usage"))
+                    usage = _with_tier(found, response.get("service_tier")) or usage
     return StreamFacts(usage, usage is not None, model, first_t, chars, terminal)

@@ -76,13 +76,23 @@ def azure_deployment(path: str) -> str | None:
 
 
 class Usage(NamedTuple):
-    """Normalized token counts; meaning documented at the top of costwatch/events.py."""
+    """Normalized token counts and what the response says it was billed at.
+
+    Meaning documented at the top of costwatch/events.py. The tier, speed and
+    geography are the response's (what the call was served at), never the request's.
+    """
 
     input_tokens: int | None
     output_tokens: int | None
     cached_input_tokens: int | None = None
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cache_write_5m_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    service_tier: str | None = None
+    speed: str | None = None
+    inference_geo: str | None = None
+    cost_usd: float | None = None  # reported by the response itself (e.g. a router's usage.cost)
 
 
 class StreamFacts(NamedTuple):
@@ -103,4 +113,22 @@ def as_int(value: object) -> int | None:
     """Token counts from JSON: ints only (bools, junk and absurd sizes are 'unknown', not 0)."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
         return int(value)  # int(): an int subclass (IntEnum and the like) becomes a plain count
+    return None
+
+
+MAX_LABEL = 64  # the event schema's bound for service_tier, speed, inference_geo
+MAX_COST_USD = 1e9
+
+
+def as_label(value: object) -> str | None:
+    """A short label from JSON (tier, speed, geography): a non-empty string, else unknown."""
+    if isinstance(value, str) and value:
+        return value[:MAX_LABEL]
+    return None
+
+
+def as_cost(value: object) -> float | None:
+    """A reported cost in USD: a finite non-negative number (bools and junk are 'unknown')."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_COST_USD:
+        return float(value)
     return None

@@ -77,6 +77,7 @@ class _ResponseFields(msgspec.Struct):
 
     model: Any = None
     usage: Any = None
+    service_tier: Any = None  # OpenAI: the tier that served the call (Anthropic's is in usage)
 
 
 _request_decoder = msgspec.json.Decoder(_RequestFields)
@@ -378,6 +379,12 @@ class CallRecord:
             ratelimit_remaining_tokens=ratelimits[1],
             ratelimit_limit_requests=ratelimits[2],
             ratelimit_limit_tokens=ratelimits[3],
+            service_tier=usage.service_tier,
+            speed=usage.speed,
+            inference_geo=usage.inference_geo,
+            cache_write_5m_tokens=usage.cache_write_5m_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            provider_cost_usd=usage.cost_usd if usage_source == "provider" else None,
         )
         if spans.enabled():
             ids = spans.emit(msgspec.structs.asdict(event), self.otel_context, wall0)
@@ -425,14 +432,14 @@ def _request_fields(data: bytes) -> _RequestFields:
 
 
 def _response_fields(data: bytes) -> dict[str, Any] | None:
-    """``{"model", "usage"}`` of a JSON object body (the rest is skipped), or None."""
+    """``{"model", "usage", "service_tier"}`` of a JSON object body (the rest is skipped), or None."""
     if not data:
         return None
     try:
         body = _response_decoder.decode(data)
     except _FieldsError:
         return None
-    return {"model": body.model, "usage": body.usage}
+    return {"model": body.model, "usage": body.usage, "service_tier": body.service_tier}
 
 
 _pid_value = os.getpid()
@@ -480,7 +487,11 @@ def _estimate(req: dict, facts: StreamFacts, usage: Usage | None) -> tuple[Usage
     else:
         output_tokens = max(estimate.tokens_from_chars(facts.text_chars), known.output_tokens or 0)
     reasoning = known.reasoning_tokens if facts.usage_final else None
-    usage = Usage(input_tokens, output_tokens, known.cached_input_tokens, known.cache_write_tokens, reasoning)
+    # What a partial usage says (cache reads and writes, tier, speed, geography) still holds;
+    # a cost reported for the whole call cannot have been seen.
+    usage = known._replace(
+        input_tokens=input_tokens, output_tokens=output_tokens, reasoning_tokens=reasoning, cost_usd=None
+    )
     return usage, "estimated"
 
 

@@ -4,6 +4,19 @@ The parent context is captured on the call path (a contextvar read); the span
 itself is built later from the finished event fields, so the app pays nothing
 for it. Nothing happens unless an SDK ``TracerProvider`` is configured (the
 API's default proxy/no-op providers are skipped).
+
+Token attributes carry costwatch's normalized counts: ``gen_ai.usage.input_tokens``
+includes cache reads and writes for every provider (Anthropic's ``input_tokens`` does
+not; `costwatch.instrumentation.anthropic` adds them), as the GenAI conventions ask.
+
+Cost: the span is built on the emitter thread, and costwatch computes cost in the
+daemon, so the only cost known here is one the response reported itself
+(``provider_cost_usd``, e.g. a router's ``usage.cost``). Only then does the span carry
+cost, under both candidate conventions (see `costwatch.semconv`):
+``gen_ai.usage.cost.amount`` / ``.currency`` / ``.source = provider`` and
+``operation.cost`` / ``operation.cost_units``. Computed costs are in the ledger
+(`usage_events.cost_usd`) and the ``costwatch_llm_cost_usd`` metric, joined to spans by
+``trace_id`` / ``span_id``.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ _OPERATIONS = {
     "embeddings": semconv.OPERATION_EMBEDDINGS,
     "completions": semconv.OPERATION_TEXT_COMPLETION,
 }
+_OPENAI_PROVIDERS = ("openai", "azure.openai")
 _tracers: dict[int, Any] = {}
 _UNSET = object()
 _batch = threading.local()  # .tracer: pinned by `pin()` for one emitter batch
@@ -102,6 +116,15 @@ def emit(fields: dict[str, Any], parent: Any, wall0: float) -> tuple[str, str] |
         semconv.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: fields.get("reasoning_tokens"),
         semconv.ERROR_TYPE: fields.get("error_class"),
     }
+    if fields.get("service_tier") and fields["provider"] in _OPENAI_PROVIDERS:
+        optional[semconv.OPENAI_RESPONSE_SERVICE_TIER] = fields["service_tier"]
+    cost = fields.get("provider_cost_usd")
+    if cost is not None:
+        optional[semconv.GEN_AI_USAGE_COST_AMOUNT] = cost
+        optional[semconv.GEN_AI_USAGE_COST_CURRENCY] = semconv.COST_CURRENCY_USD
+        optional[semconv.GEN_AI_USAGE_COST_SOURCE] = semconv.COST_SOURCE_PROVIDER
+        optional[semconv.OPERATION_COST] = cost
+        optional[semconv.OPERATION_COST_UNITS] = semconv.COST_CURRENCY_USD
     if fields.get("ttft_ms") is not None:
         optional[semconv.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = fields["ttft_ms"] / 1000
     attributes.update({k: v for k, v in optional.items() if v is not None})

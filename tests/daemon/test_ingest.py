@@ -37,6 +37,46 @@ def ledger_events() -> list:
     return [a, b]
 
 
+def test_tier_cache_lifetime_and_provider_cost_stored(client: httpx.Client) -> None:
+    """What the invoice prices lands in its columns, priced at its rates (issue 21)."""
+    flex = make_event(model="gpt-5", service_tier="flex", input_tokens=10_000, cached_input_tokens=2_000,
+                      output_tokens=1_000)  # fmt: skip
+    cache = make_event(provider="anthropic", operation="messages", model="claude-opus-4-8", input_tokens=5_000,
+                       cache_write_tokens=3_000, cache_write_5m_tokens=1_000, cache_write_1h_tokens=2_000,
+                       output_tokens=100, service_tier="standard", speed="fast", inference_geo="us")  # fmt: skip
+    routed = make_event(
+        model="gpt-4o-mini", input_tokens=1_000, output_tokens=200, provider_cost_usd=0.000285
+    )
+    assert post_events(client, [flex, cache, routed]).json()["accepted"] == 3
+    rows = {
+        row[0]: row[1:]
+        for row in sql(
+            client,
+            "SELECT id, service_tier, speed, inference_geo, cache_write_5m_tokens, cache_write_1h_tokens,"
+            " provider_cost_usd, round(cost_usd, 12), round(computed_cost_usd, 12), cost_source, priced"
+            " FROM usage_events",
+        )
+    }
+    # gpt-5 flex $0.625 / $0.0625 / $5: 8000*0.625 + 2000*0.0625 + 1000*5 = 10125 uUSD
+    assert rows[flex.id] == ["flex", None, None, None, None, None, 0.010125, 0.010125, "computed", True]
+    # Opus 4.8 fast x1.1 (US-only): $11 in / $13.75 5m / $22 1h / $55 out:
+    # 2000*11 + 1000*13.75 + 2000*22 + 100*55 = 85250 uUSD
+    assert rows[cache.id] == [
+        "standard",
+        "fast",
+        "us",
+        1_000,
+        2_000,
+        None,
+        0.08525,
+        0.08525,
+        "computed",
+        True,
+    ]
+    # The router's cost wins; ours beside it: 1000*0.15 + 200*0.6 = 270 uUSD
+    assert rows[routed.id] == [None, None, None, None, None, 0.000285, 0.000285, 0.00027, "provider", True]
+
+
 def test_costs_match_hand_ledger(client: httpx.Client) -> None:
     events = ledger_events() * 1  # two distinct events
     events += [

@@ -31,6 +31,8 @@ def _per_event(pricer: Pricer, events: list[UsageEvent]) -> dict[str, list[objec
         "priced": [p is not None for p in prices],
         "price_source": [p.source if p else None for p in prices],
         "price_version": [p.version if p else None for p in prices],
+        "computed_cost_usd": [p.computed_cost_usd if p else None for p in prices],
+        "cost_source": [p.cost_source if p else None for p in prices],
     }
 
 
@@ -72,6 +74,48 @@ def test_every_shipped_model_bit_for_bit() -> None:
     _assert_same(pricer, events)
     priced = pricer.price_table(events_table(events))["priced"].to_pylist()
     assert sum(priced) > 5_000  # most of them really were priced, not all NULL
+
+
+# (service_tier, speed, inference_geo) as responses report them, including tiers no model has.
+CONTEXTS = [
+    ("batch", None, None),
+    ("flex", None, None),
+    ("priority", None, None),
+    ("scale", None, None),
+    ("standard", "fast", "us"),
+    (None, None, "us"),
+    ("no-such-tier", None, None),
+]
+
+
+def test_every_shipped_model_and_tier_bit_for_bit() -> None:
+    """Tiers, speed, geography, 1-hour cache writes and provider-reported cost, per column as per event."""
+    events = []
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            for k, (tier, speed, geo) in enumerate(CONTEXTS):
+                for inp, cached, written, out in USAGES[1:3]:
+                    events.append(
+                        make_event(
+                            provider=provider.id,
+                            model=model.id,
+                            input_tokens=inp,
+                            cached_input_tokens=cached,
+                            cache_write_tokens=written,
+                            cache_write_1h_tokens=written // 3 if written else None,
+                            output_tokens=out,
+                            service_tier=tier,
+                            speed=speed,
+                            inference_geo=geo,
+                            provider_cost_usd=0.125 if k == 2 else None,
+                        )
+                    )
+    random.Random(11).shuffle(events)
+    pricer = Pricer()
+    _assert_same(pricer, events)
+    got = pricer.price_table(events_table(events))
+    assert sum(got["priced"].to_pylist()) > 5_000
+    assert set(got["cost_source"].to_pylist()) == {"provider", "computed", None}
 
 
 def test_unpriceable_rows_and_model_fallbacks() -> None:
@@ -122,17 +166,34 @@ def test_reprice_restores_what_ingest_priced(tmp_path) -> None:
     ] + [
         make_event(model="no-such-model-x", input_tokens=1, output_tokens=1),
         make_event(usage_source="missing"),
+        make_event(model="gpt-5", service_tier="flex", input_tokens=1_000, output_tokens=10),
+        make_event(
+            provider="anthropic",
+            model="claude-opus-4-6",  # time-dependent price: the per-row path
+            input_tokens=5_000,
+            cache_write_tokens=3_000,
+            cache_write_1h_tokens=1_000,
+            output_tokens=10,
+            service_tier="batch",
+            inference_geo="us",
+        ),
+        make_event(model="router/some-model", input_tokens=10, output_tokens=10, provider_cost_usd=0.5),
     ]
     pricer = Pricer()
     store = Store(tmp_path / "r.duckdb", pricer)
     query = (
-        "SELECT id, cost_usd, input_cost_usd, output_cost_usd, priced, price_source, price_version"
-        " FROM usage_events ORDER BY id"
+        "SELECT id, cost_usd, input_cost_usd, output_cost_usd, priced, price_source, price_version,"
+        " computed_cost_usd, cost_source FROM usage_events ORDER BY id"
     )
     try:
         assert store.submit(events).result(30).accepted == len(events)
         stored = store.read(lambda cur: cur.execute(query).fetchall())
-        store.call(lambda cur: cur.execute("UPDATE usage_events SET cost_usd = NULL, priced = false"))
+        store.call(
+            lambda cur: cur.execute(
+                "UPDATE usage_events SET cost_usd = NULL, priced = false, computed_cost_usd = NULL,"
+                " cost_source = NULL"
+            )
+        )
         result = store.call(lambda cur: reprice(cur, pricer, None))
         assert result == {"repriced": len(events), "priced": sum(row[4] for row in stored)}
         assert store.read(lambda cur: cur.execute(query).fetchall()) == stored

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from costwatch.pricing import Pricer
 from tests.fakes.provider import FIXTURES, FakeProvider
 from tests.instrumentation.conftest import HTTP
 
@@ -25,6 +27,17 @@ USAGE_FIELDS = (
     "cache_write_tokens",
     "reasoning_tokens",
 )
+# What the response says it was billed at (issue 21): checked for every fixture.
+BILLING_FIELDS = (
+    "service_tier",
+    "speed",
+    "inference_geo",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "provider_cost_usd",
+)
+PRICED = [n for n in NAMES if "price" in json.loads((FIXTURES / f"{n}.expected.json").read_text())]
+_PRICER = Pricer()
 
 
 def test_corpus_is_broad() -> None:
@@ -38,7 +51,7 @@ def test_corpus_is_broad() -> None:
 def test_fixture_normalized(name: str, fake_provider: FakeProvider, make_instrumented) -> None:
     emitter = make_instrumented(inject_stream_usage="off")
     expected = json.loads((FIXTURES / f"{name}.expected.json").read_text())
-    body = {"model": "requested-model", "stream": expected["stream"]}
+    body = {"model": "requested-model", "stream": expected["stream"], **expected.get("request", {})}
     headers = {"x-fake-scenario": f"fixture:{name}"}
     url = fake_provider.url + PATHS[expected["api"]]
     with HTTP.Client() as client:
@@ -62,3 +75,31 @@ def test_fixture_normalized(name: str, fake_provider: FakeProvider, make_instrum
     assert (event.ttft_ms is not None) is expected["ttft"]
     assert event.http_status == 200
     assert event.error_class is None
+    for field in BILLING_FIELDS:
+        assert getattr(event, field) == expected["billing"][field], field
+    if "price" in expected:
+        _assert_priced_by_hand(event, expected["price"])
+
+
+def _digits(value: float | None) -> str | None:
+    """A cost to 12 decimal places (a millionth of a micro-dollar), trailing zeros dropped."""
+    return None if value is None else format(Decimal(f"{value:.12f}").normalize(), "f")
+
+
+def _assert_priced_by_hand(event, price: dict) -> None:
+    got = _PRICER.price(event)
+    assert got is not None
+    assert _digits(got.cost_usd) == price["cost_usd"], price["by_hand"]
+    assert _digits(got.computed_cost_usd) == price["computed_cost_usd"], price["by_hand"]
+    assert got.cost_source == price["cost_source"]
+
+
+def test_priced_fixtures_cover_every_case() -> None:
+    """One hand-priced fixture per case of issue 21."""
+    assert len(PRICED) >= 11
+    billed = [json.loads((FIXTURES / f"{n}.expected.json").read_text())["billing"] for n in PRICED]
+    tiers = {b["service_tier"] for b in billed}
+    assert {"flex", "priority", "default", "batch", "standard"} <= tiers
+    assert any(b["speed"] == "fast" and b["inference_geo"] == "us" for b in billed)
+    assert any(b["cache_write_1h_tokens"] for b in billed)
+    assert any(b["provider_cost_usd"] is not None for b in billed)

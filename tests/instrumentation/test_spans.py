@@ -96,3 +96,46 @@ def test_no_span_without_sdk_provider(fake_provider: FakeProvider, instrumented:
     )
     [event] = instrumented.wait_events(1)
     assert event.trace_id is None and event.span_id is None
+
+
+def test_provider_reported_cost_under_both_candidate_conventions(
+    fake_provider: FakeProvider, instrumented: RecordingEmitter, exporter: InMemorySpanExporter
+) -> None:
+    """Cost is computed in the daemon; a span carries one only when the response reported it."""
+    c = openai.OpenAI(base_url=fake_provider.openai_url, api_key="k")
+    for name in ("openai_chat_router_reported_cost", "openai_chat_gpt-5_flex"):
+        c.chat.completions.create(
+            model="m", messages=[], extra_headers={"x-fake-scenario": f"fixture:{name}"}
+        )
+    events = instrumented.wait_events(2)
+    spans_by_model = {s.attributes[semconv.GEN_AI_RESPONSE_MODEL]: s for s in exporter.get_finished_spans()}
+    reported = dict(spans_by_model["gpt-4o-mini"].attributes)
+    assert reported[semconv.GEN_AI_USAGE_COST_AMOUNT] == 0.000285
+    assert reported[semconv.GEN_AI_USAGE_COST_CURRENCY] == "USD"
+    assert reported[semconv.GEN_AI_USAGE_COST_SOURCE] == "provider"
+    assert reported[semconv.OPERATION_COST] == 0.000285
+    assert reported[semconv.OPERATION_COST_UNITS] == "USD"
+    computed_later = dict(spans_by_model["gpt-5-2025-08-07"].attributes)
+    assert not any(key.startswith(("gen_ai.usage.cost", "operation.cost")) for key in computed_later)
+    assert computed_later[semconv.OPENAI_RESPONSE_SERVICE_TIER] == "flex"
+    assert {e.provider_cost_usd for e in events} == {0.000285, None}
+
+
+def test_anthropic_span_input_tokens_include_cache(
+    fake_provider: FakeProvider, instrumented: RecordingEmitter, exporter: InMemorySpanExporter
+) -> None:
+    """gen_ai.usage.input_tokens counts cache reads and writes (Anthropic's input_tokens does not)."""
+    import anthropic
+
+    a = anthropic.Anthropic(base_url=fake_provider.anthropic_url, api_key="k")
+    a.messages.create(
+        model="m", max_tokens=8, messages=[],
+        extra_headers={"x-fake-scenario": "fixture:anthropic_claude-sonnet-4-5_cache_1h"},
+    )  # fmt: skip
+    [event] = instrumented.wait_events(1)
+    [span] = exporter.get_finished_spans()
+    attrs = dict(span.attributes)
+    assert attrs[semconv.GEN_AI_USAGE_INPUT_TOKENS] == 500 + 20_000 + 6_000 == event.input_tokens
+    assert attrs[semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 20_000
+    assert attrs[semconv.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] == 6_000
+    assert semconv.OPENAI_RESPONSE_SERVICE_TIER not in attrs

@@ -88,6 +88,74 @@ def test_openai_usage_variants() -> None:
     assert openai_usage.normalize_usage("chat", {"input_tokens": 4, "output_tokens": 2}) == Usage(4, 2)
 
 
+def test_billing_facts_from_usage_and_body() -> None:
+    """Tier, speed, geography, cache lifetimes and reported cost; junk is 'unknown', never 0."""
+    usage = anthropic_usage.normalize_usage(
+        {
+            "input_tokens": 10,
+            "cache_read_input_tokens": 20,
+            "cache_creation_input_tokens": 30,
+            "cache_creation": {"ephemeral_5m_input_tokens": 12, "ephemeral_1h_input_tokens": 18},
+            "output_tokens": 4,
+            "service_tier": "priority",
+            "speed": "fast",
+            "inference_geo": "us",
+        }
+    )
+    assert usage == Usage(60, 4, 20, 30, None, 12, 18, "priority", "fast", "us", None)
+    junk = anthropic_usage.normalize_usage(
+        {"input_tokens": 1, "output_tokens": 1, "cache_creation": [1], "service_tier": 3, "speed": ""}
+    )
+    assert junk == Usage(1, 1)
+    for cost, expected in (
+        (0.25, 0.25),
+        (3, 3.0),
+        (True, None),
+        (-1, None),
+        (float("nan"), None),
+        ("1", None),
+    ):
+        got = openai_usage.normalize_usage("chat", {"prompt_tokens": 1, "completion_tokens": 1, "cost": cost})
+        assert got is not None and got.cost_usd == expected, cost
+    # The tier is the response's (a member of the body, not of usage).
+    body = {"model": "m", "service_tier": "flex", "usage": {"prompt_tokens": 2, "completion_tokens": 1}}
+    assert openai_usage.from_body("chat", body)[0] == Usage(2, 1, service_tier="flex")
+    assert openai_usage.from_body("chat", {**body, "service_tier": None})[0] == Usage(2, 1)
+    assert openai_usage.from_body("chat", {"service_tier": "flex"})[0] is None
+
+
+def _chat_chunk(tier: str, usage: dict | None = None, content: str | None = None) -> bytes:
+    data = {
+        "model": "m",
+        "service_tier": tier,
+        "choices": [{"delta": {"content": content}}] if content else [],
+    }
+    if usage is not None:
+        data["usage"] = usage
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def test_service_tier_in_chat_streams_both_paths() -> None:
+    """The byte-level scan and the general one both read the tier of the usage chunk."""
+    usage = {"prompt_tokens": 9, "completion_tokens": 2}
+    raw = [_chat_chunk("priority", content="Hi"), _chat_chunk("priority", usage), b"data: [DONE]\n\n"]
+    chunks = [(c, float(i)) for i, c in enumerate(raw)]
+    fast = openai_usage.scan_chunks("chat", chunks)
+    assert fast is not None and fast.usage == Usage(9, 2, service_tier="priority")
+    general = openai_usage.scan_stream("chat", list(iter_events(chunks)))
+    assert general.usage == Usage(9, 2, service_tier="priority")
+    full = openai_usage.scan_stream("chat", list(iter_events(chunks[:2])))  # no [DONE]: decoded in full
+    assert full.usage == Usage(9, 2, service_tier="priority")
+
+
+def test_estimated_stream_keeps_the_tier_not_a_reported_cost() -> None:
+    partial = Usage(100, 3, 40, 10, None, 4, 6, "batch", "fast", "us", 0.5)
+    facts = record_module.StreamFacts(partial, False, "m", None, 40, False)
+    usage, source = record_module._estimate({}, facts, partial)
+    assert source == "estimated"
+    assert usage == Usage(100, 10, 40, 10, None, 4, 6, "batch", "fast", "us", None)
+
+
 def test_anthropic_stream_cumulative_overrides() -> None:
     def ev(data: dict) -> SSEvent:
         return SSEvent(data["type"], json.dumps(data), 1.0)
