@@ -53,7 +53,22 @@ def _client_url(value: str) -> str:
         raise ValueError(exc.msg) from None
 
 
-class ClientSettings(BaseSettings):
+class _FromEnvThenFile(BaseSettings):
+    """Init arguments (CLI flags) > ``COSTWATCH_*`` > the config file: one order for every client and the daemon."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+class ClientSettings(_FromEnvThenFile):
     """What an instrumented app reads: ``COSTWATCH_*``, then the config file (``url``, ``token``, …).
 
     The daemon's address is ``url`` alone, as for every CLI command (`costwatch.sources.daemon_endpoint`).
@@ -94,17 +109,6 @@ class ClientSettings(BaseSettings):
     def _valid_url(cls, value: str) -> str:
         return _client_url(value)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
-
 
 _BYTE_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?)?B", re.IGNORECASE)
 
@@ -120,7 +124,7 @@ class PriceOverride(BaseModel):
     cache_write_per_mtok: float | None = Field(default=None, ge=0)
 
 
-class DaemonSettings(BaseSettings):
+class DaemonSettings(_FromEnvThenFile):
     """The daemon's configuration; an invalid value stops startup naming the field."""
 
     model_config = SettingsConfigDict(env_prefix="COSTWATCH_", extra="forbid", env_nested_delimiter="__")
@@ -195,17 +199,6 @@ class DaemonSettings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.db or self.state_dir / "costwatch.duckdb"
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):

@@ -24,7 +24,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-__all__ = ["HostCheck", "allowed_host_names", "host_name", "normalize_host"]
+__all__ = ["HostCheck", "allowed_host_names", "host_name", "is_loopback", "normalize_host"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,7 +84,8 @@ def host_name(header: str) -> str | None:
         return None
 
 
-def _is_loopback(name: str) -> bool:
+def is_loopback(name: str) -> bool:
+    """``localhost`` or a loopback IP (127.0.0.0/8, ::1): the names that always reach this host."""
     if name == "localhost":
         return True
     try:
@@ -114,7 +115,7 @@ class HostCheck:
         if raw in self._accepted:
             return True
         name = host_name(raw.decode("latin-1"))
-        ok = name is not None and (_is_loopback(name) or name in self.names)
+        ok = name is not None and (is_loopback(name) or name in self.names)
         if ok and len(self._accepted) < _CACHE_MAX:
             self._accepted.add(raw)
         return ok

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import ipaddress
 import logging
 import signal
 import socket
@@ -36,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from costwatch import statefile
 from costwatch.daemon.app import build_app
+from costwatch.daemon.hosts import is_loopback
 from costwatch.daemon.killswitch import KillSwitchRegistry, StateWatch
 from costwatch.daemon.metrics import DaemonMetrics
 from costwatch.daemon.mirror import StateMirror
@@ -155,15 +155,6 @@ class _StoreHealth(Collector):
         )
         family.add_metric([], 0.0 if self._store.health() else 1.0)
         yield family
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:

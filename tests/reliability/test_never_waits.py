@@ -18,14 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.provider import FakeProvider
 from tests.fakes.sink import FakeDaemon
-from tests.support.processes import DaemonProcess, clean_env, free_port
+from tests.support.processes import DaemonProcess, LoopbackServer, clean_env, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -111,13 +111,11 @@ class GarbageServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.loopback = LoopbackServer(Handler)
+        self.url = self.loopback.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,16 @@ def run_script(source: str, env: dict[str, str], timeout: float = 60.0) -> subpr
     if result.returncode != 0:
         raise AssertionError(f"script failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+class LoopbackServer:
+    """A threaded HTTP server on a free loopback port for a test's own handler class."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
