@@ -384,17 +384,27 @@ def _print_rows(columns: list[str], rows: list[Any], fmt: str, truncated: bool, 
             from costwatch.daemon.sql import encode  # dates, decimals, UUIDs straight from DuckDB
         sys.stdout.write(encode([dict(zip(columns, row, strict=True)) for row in rows]).decode() + "\n")
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*columns, show_lines=False)
-        for row in rows:
-            table.add_row(*("NULL" if v is None else str(v) for v in row))
-        Console().print(table)
+        _print_table(columns, [["NULL" if v is None else str(v) for v in row] for row in rows])
         if truncated:
             print(f"(truncated to {len(rows)} rows)", file=sys.stderr)
     if truncated and fmt != "table":
         print(f"costwatch: result truncated to {len(rows)} rows", file=sys.stderr)
+
+
+def _print_table(columns: list[str], cells: list[list[str]]) -> None:
+    """A rich table with the daemon's packages installed; aligned plain text with an app's install alone."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ModuleNotFoundError:
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+        for line in (columns, ["-" * w for w in widths], *cells):
+            print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+        return
+    table = Table(*columns, show_lines=False)
+    for row in cells:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def _file_registry(args: argparse.Namespace, settings: Any) -> tuple[Any, Any] | Client:
@@ -799,6 +809,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Installed by `pip install 'costwatch[daemon]'`, not by an app's plain `pip install costwatch`.
+DAEMON_PACKAGES = frozenset(
+    {
+        "duckdb",
+        "pyarrow",
+        "genai_prices",
+        "prometheus_client",
+        "starlette",
+        "uvicorn",
+        "apscheduler",
+        "apprise",
+    }
+)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = build_parser().parse_args(argv)
     try:
@@ -806,6 +831,15 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except CLIError as exc:
         print(f"costwatch: {exc}", file=sys.stderr)
         code = exc.code
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in DAEMON_PACKAGES:
+            raise
+        print(
+            f"costwatch: `costwatch {args.command}` needs the daemon's packages here ({exc.name} is missing):"
+            " pip install 'costwatch[daemon]'",
+            file=sys.stderr,
+        )
+        code = 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
