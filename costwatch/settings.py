@@ -158,7 +158,9 @@ class DaemonSettings(BaseSettings):
     # Fleet SQL runs on this DSN when set (a role without write rights, docs/fleet.md); else on
     # fleet_dsn, in a READ ONLY transaction either way.
     fleet_sql_dsn: str | None = Field(default=None, repr=False)
-    node: str = Field(default_factory=lambda: __import__("socket").gethostname(), min_length=1, max_length=256)
+    node: str = Field(
+        default_factory=lambda: __import__("socket").gethostname(), min_length=1, max_length=256
+    )
     fleet_batch_events: int = Field(default=5_000, ge=1, le=100_000)
     fleet_interval_s: float = Field(default=0.5, gt=0, le=60)  # replication pause when caught up
     fleet_poll_s: float = Field(default=2.0, gt=0, le=300)  # kill-switch poll (LISTEN/NOTIFY is first)
