@@ -156,12 +156,6 @@ class FleetKillSwitch:
 
     def shutdown(self) -> None:
         self._stop.set()
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.cancel_safe(timeout=1)  # wakes a blocked notifies()
-            except Exception:
-                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -195,10 +189,15 @@ class FleetKillSwitch:
         conn.execute(f"LISTEN {CHANNEL}")
         self.listening = True
         self.sync(conn)  # whatever changed while we were not listening
+        next_poll = time.monotonic() + self.poll_s
         while not self._stop.is_set():
-            # One notification (or a burst) or the poll interval, whichever first, then re-read.
-            for _ in conn.notifies(timeout=self.poll_s, stop_after=1):
-                pass
+            # A notification (or a burst), else re-read every poll_s; short waits so that
+            # shutdown never waits on an idle LISTEN.
+            notified = False
+            for _ in conn.notifies(timeout=0.25, stop_after=1):
+                notified = True
             if self._stop.is_set():
                 break
-            self.sync(conn)
+            if notified or time.monotonic() >= next_poll:
+                self.sync(conn)
+                next_poll = time.monotonic() + self.poll_s
