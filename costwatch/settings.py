@@ -165,6 +165,8 @@ class DaemonSettings(BaseSettings):
     fleet_interval_s: float = Field(default=0.5, gt=0, le=60)  # replication pause when caught up
     fleet_poll_s: float = Field(default=2.0, gt=0, le=300)  # kill-switch poll (LISTEN/NOTIFY is first)
     fleet_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    # A fleet budget slice not renewed for this long (a dead daemon) returns to the fleet.
+    fleet_slice_ttl_s: float = Field(default=30.0, ge=1, le=3600)
 
     @field_validator("duckdb_memory_limit", "duckdb_wal_autocheckpoint")
     @classmethod

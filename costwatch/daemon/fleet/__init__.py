@@ -7,6 +7,7 @@ owning one connection pool and the parts, one module each:
 - `schema`: the ledger's tables, created and migrated by whichever daemon starts first;
 - `replicator`: committed DuckDB rows → ``costwatch.usage_events`` (COPY, idempotent);
 - `killswitch`: the fleet kill switch (NOTIFY + polling) mirrored into the local registry;
+- `budgets`: fleet hard budgets, slices leased in atomic transactions (the lease seam);
 - `sql`: read-only queries on the ledger.
 
 `start()` gives Postgres ``fleet_connect_timeout_s`` to answer: when it does, the schema is
@@ -29,6 +30,7 @@ from prometheus_client.registry import Collector
 from psycopg_pool import ConnectionPool
 
 from costwatch.daemon.fleet import schema
+from costwatch.daemon.fleet.budgets import FleetBudgets
 from costwatch.daemon.fleet.killswitch import FleetKillSwitch
 from costwatch.daemon.fleet.replicator import Replicator
 from costwatch.daemon.fleet.sql import run_fleet_query
@@ -94,6 +96,10 @@ class FleetService:
             poll_s=settings.fleet_poll_s,
             connect_timeout_s=self.connect_timeout_s,
         )
+        self.budgets = FleetBudgets(
+            self.pool, self.node, ttl_s=settings.fleet_slice_ttl_s, connect_timeout_s=self.connect_timeout_s
+        )
+        self._daemon = daemon
         self._bootstrap_lock = threading.Lock()
         daemon.metrics.registry.register(_FleetMetrics(self))
 
@@ -131,8 +137,16 @@ class FleetService:
             )
         self.replicator.start()
         self.killswitch.start()
+        # The host lease authority asks us for `fleet: true` budgets (every service is built by now).
+        from costwatch.daemon.leases import LeaseService
+
+        for service in self._daemon.services:
+            if isinstance(service, LeaseService):
+                service.fleet_limit = self.budgets.node_limit
+        self.budgets.start()
 
     def shutdown(self) -> None:
+        self.budgets.shutdown()
         self.killswitch.shutdown()
         self.replicator.shutdown()
         if self.sql_pool is not self.pool:
@@ -160,6 +174,7 @@ class FleetService:
                 "last_sync_at": ks.last_sync_at,
                 "last_error": ks.last_error,
             },
+            "budgets": {**self.budgets.counters, "last_error": self.budgets.last_error},
         }
 
 

@@ -137,7 +137,35 @@ def _migration_1() -> list[str]:
     ]
 
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _migration_1())]
+def _migration_2() -> list[str]:
+    """Fleet hard budgets: the limit per (budget, group, window), and each daemon's slice of it."""
+    return [
+        """CREATE TABLE costwatch.budgets (
+            budget text NOT NULL,
+            grp text NOT NULL,
+            window_id text NOT NULL,
+            limit_value double precision NOT NULL,
+            unit text NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (budget, grp, window_id)
+        )""",
+        # granted: what the daemon may use this window in all; spent: its recorded spend as it last
+        # reported it. A slice past expires_at (a dead daemon) shrinks back to its spent.
+        """CREATE TABLE costwatch.budget_slices (
+            budget text NOT NULL,
+            grp text NOT NULL,
+            window_id text NOT NULL,
+            node text NOT NULL,
+            granted double precision NOT NULL DEFAULT 0,
+            spent double precision NOT NULL DEFAULT 0,
+            expires_at timestamptz NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (budget, grp, window_id, node)
+        )""",
+    ]
+
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _migration_1()), (2, _migration_2())]
 
 
 def migrate(conn: psycopg.Connection) -> list[int]:
