@@ -203,3 +203,40 @@ def test_a_slow_ledger_holds_only_replication(node: Node, postgres: PostgresServ
         blocker.rollback()
     _wait(lambda: node.replicated() == 220, timeout=30, what="the blocked batch to land")
     _wait(lambda: node.fleet.replicator.measure_lag().lag_events == 0, what="lag back to 0")
+
+
+def test_every_column_arrives_unchanged(node: Node, postgres: PostgresServer) -> None:
+    """Awkward text (quotes, commas, newlines, empty vs NULL), tags, floats and timestamps survive COPY."""
+    from costwatch.daemon.fleet.schema import LEDGER_COLUMNS
+
+    assert node.client is not None
+    events = [
+        make_event(
+            user='a,"b"\nc\\d',
+            tags={"team": 'x "y", z', "empty": ""},
+            input_tokens=123,
+            output_tokens=45,
+            latency_ms=0.1 + 0.2,
+            request_model="",
+            trace_id=None,
+        ),
+        make_event(model="no-such-model", input_tokens=1, output_tokens=1),  # unpriced: cost NULL
+    ]
+    assert post_events(node.client, events).status_code == 200
+    _wait(lambda: node.replicated() == 2, what="2 rows")
+    columns = [c for c in LEDGER_COLUMNS if c != "node"]
+    select = ", ".join('"user"' if c == "user" else c for c in columns)
+    assert node.running is not None
+    local = node.running.daemon.store.read(
+        lambda cur: cur.execute(f"SELECT {select} FROM usage_events ORDER BY id").fetchall()
+    )
+    remote = _ledger(
+        postgres, f"SELECT {select} FROM costwatch.usage_events WHERE node = %s ORDER BY id", [node.name]
+    )
+    assert len(local) == len(remote) == 2
+    for lrow, rrow in zip(local, remote, strict=True):
+        for name, lv, rv in zip(columns, lrow, rrow, strict=True):
+            assert lv == rv, (name, lv, rv)
+    assert remote[0][columns.index("user")] == 'a,"b"\nc\\d'
+    assert remote[0][columns.index("request_model")] == ""
+    assert remote[1][columns.index("cost_usd")] is None

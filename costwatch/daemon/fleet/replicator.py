@@ -2,7 +2,8 @@
 
 One thread. Each round reads up to ``fleet_batch_events`` rows with ``seq`` above the
 watermark (`usage_events.seq` numbers rows in commit order; the store's single writer makes
-a larger seq never visible before a smaller one), COPYs them into a temporary staging table
+a larger seq never visible before a smaller one) as Arrow, COPYs them as CSV (written by
+Arrow: no Python object per value) into a temporary staging table
 and moves them with ``INSERT … ON CONFLICT DO NOTHING`` in the same transaction, then
 records the new watermark in DuckDB (`fleet_watermarks`, through the writer thread).
 
@@ -22,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from psycopg.types.json import Jsonb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from costwatch.daemon.fleet.schema import LEDGER_COLUMNS, ensure_partitions, month_of
 
@@ -37,14 +40,14 @@ __all__ = ["ReplicationStatus", "Replicator"]
 log = logging.getLogger("costwatch.daemon.fleet.replicator")
 
 _LOCAL = [c for c in LEDGER_COLUMNS if c != "node"]
+# The batch as Arrow, in ledger column order: the node first, tags as JSON text (jsonb in Postgres).
 _SELECT = (
-    "SELECT "
-    + ", ".join('"user"' if c == "user" else c for c in _LOCAL)
+    "SELECT ? AS node, "
+    + ", ".join("to_json(tags) AS tags" if c == "tags" else '"user"' if c == "user" else c for c in _LOCAL)
     + " FROM usage_events WHERE seq > ? ORDER BY seq LIMIT ?"
 )
 _QUOTED = ", ".join('"user"' if c == "user" else c for c in LEDGER_COLUMNS)
-_TAGS = _LOCAL.index("tags")
-_TS_START = _LOCAL.index("ts_start")
+_CSV = pacsv.WriteOptions(include_header=False)  # NULL unquoted-empty, '' quoted: Postgres CSV semantics
 _STAGE = "CREATE TEMP TABLE IF NOT EXISTS cw_stage (LIKE costwatch.usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 _MOVE = (
     f"INSERT INTO costwatch.usage_events ({_QUOTED}) SELECT {_QUOTED} FROM cw_stage ON CONFLICT DO NOTHING"
@@ -54,6 +57,15 @@ _NODE = (
     " ON CONFLICT (node) DO UPDATE SET last_seq = greatest(nodes.last_seq, excluded.last_seq),"
     " events = nodes.events + excluded.events, replicated_at = now(), seen_at = now()"
 )
+
+
+def _months(first: dt.date, last: dt.date) -> set[dt.date]:
+    out = set()
+    month = first
+    while month <= last:
+        out.add(month)
+        month = dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+    return out
 
 
 @dataclass
@@ -177,30 +189,36 @@ class Replicator:
             self.ledger_id = self._bootstrap()
             self.status.watermark = self.load_watermark(self.ledger_id)
         wm = self.status.watermark
-        rows = self.store.read(lambda cur: cur.execute(_SELECT, [wm, self.batch_events]).fetchall())
-        if not rows:
+        table = self.store.read(
+            lambda cur: cur.sql(_SELECT, params=[self.node, wm, self.batch_events]).to_arrow_table()
+        )
+        if table.num_rows == 0:
             if not self.status.connected:  # nothing to ship: still say whether the ledger answers
                 with self.pool.connection(timeout=self.connect_timeout_s) as conn:
                     conn.execute("SELECT 1")
                 self.status.connected = True
                 self.status.last_error = None
             return 0
-        months = {month_of(row[_TS_START]) for row in rows}
-        inserted = self._copy(rows, months)
-        last = int(rows[-1][-1])
+        lo, hi = pc.min_max(table["ts_start"]).values()
+        months = _months(month_of(lo.as_py()), month_of(hi.as_py()))
+        last = int(table["seq"][-1].as_py())
+        inserted = self._copy(table, last, months)
         self._save_watermark(last)
         st = self.status
         st.watermark = last
         st.connected = True
         st.last_error = None
-        st.shipped_events += len(rows)
+        st.shipped_events += table.num_rows
         st.inserted_events += inserted
         st.batches += 1
         st.last_shipped_at = time.time()
-        return len(rows)
+        return table.num_rows
 
-    def _copy(self, rows: list[tuple[Any, ...]], months: set[dt.date]) -> int:
-        node = self.node
+    def _copy(self, table: pa.Table, last: int, months: set[dt.date]) -> int:
+        """COPY the batch (as CSV, written by Arrow) into the staging table; move the new rows."""
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(table, sink, _CSV)
+        data = sink.getvalue()
         with self.pool.connection(timeout=self.connect_timeout_s) as conn:
             new_months = months - self._months
             if new_months:
@@ -213,15 +231,11 @@ class Replicator:
                 conn.execute("SELECT set_config('statement_timeout', '60s', true)")
                 conn.execute(_STAGE)
                 with conn.cursor() as cur:
-                    with cur.copy(f"COPY cw_stage ({_QUOTED}) FROM STDIN") as copy:
-                        for row in rows:
-                            values = list(row)
-                            tags = values[_TAGS]
-                            values[_TAGS] = None if tags is None else Jsonb(tags)
-                            copy.write_row((node, *values))
+                    with cur.copy(f"COPY cw_stage ({_QUOTED}) FROM STDIN (FORMAT csv)") as copy:
+                        copy.write(memoryview(data))
                     cur.execute(_MOVE)
                     inserted = cur.rowcount
-                    cur.execute(_NODE, [node, int(rows[-1][-1]), inserted])
+                    cur.execute(_NODE, [self.node, last, inserted])
         return max(inserted, 0)
 
     def measure_lag(self) -> ReplicationStatus:
