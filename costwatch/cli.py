@@ -332,6 +332,16 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         errors = check_rules(rules_dir)
         if errors:
             raise CLIError("invalid rules, not starting:\n  " + "\n  ".join(errors), 2)
+        if not settings.fleet_dsn:
+            from costwatch.daemon.rules import load_rules
+
+            fleet = [r.name for r in load_rules(rules_dir).hard_budgets if r.fleet]
+            if fleet:
+                print(
+                    f"costwatch: warning: fleet budget(s) {', '.join(fleet)} need fleet mode (fleet_dsn /"
+                    " COSTWATCH_FLEET_DSN): without it they grant nothing and refuse every call they cover",
+                    file=sys.stderr,
+                )
     try:
         serve(settings, default_services(settings), default_routes(), banner=_banner)
     except duckdb.IOException as exc:
