@@ -177,6 +177,13 @@ def test_postgres_down_then_restarted_loses_and_duplicates_nothing(
         _wait(lambda: node.fleet.replicator.measure_lag().lag_events == 200, what="lag of 200 events")
         assert status["last_error"]
         assert ingest_s < 5, ingest_s
+        # Fleet writes and queries say the ledger is gone, and nothing changes locally.
+        reply = node.client.post("/v1/killswitch?fleet=1", json={"action": "engage", "reason": "x"})
+        assert reply.status_code == 503, reply.text
+        assert "fleet ledger did not take it" in reply.json()["error"]
+        assert node.client.get("/v1/killswitch").json()["engaged"] == []
+        reply = node.client.post("/v1/sql?fleet=1", json={"sql": "SELECT 1"})
+        assert reply.status_code == 400 and "did not answer" in reply.json()["error"], reply.text
     finally:
         postgres.start()
     _wait(lambda: node.replicated() == 250, timeout=30, what="catch-up after the restart")

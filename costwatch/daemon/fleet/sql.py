@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 from costwatch.daemon.sql import QueryError, QueryResult
 
@@ -55,12 +56,14 @@ def run_fleet_query(
                 conn.rollback()
     except QueryError:
         raise
+    except PoolTimeout as exc:
+        raise QueryError(f"the fleet ledger did not answer: {exc}") from None
     except psycopg.errors.QueryCanceled:
         raise QueryError(f"query cancelled after the {timeout_s:g} s time limit") from None
     except psycopg.Error as exc:
         line = str(exc).strip().splitlines()
         raise QueryError(line[0] if line else type(exc).__name__) from None
-    except Exception as exc:  # PoolTimeout: the ledger does not answer
+    except Exception as exc:
         raise QueryError(f"the fleet ledger did not answer: {exc}") from None
     truncated = len(rows) > max_rows
     return QueryResult(
