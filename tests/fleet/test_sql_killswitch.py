@@ -157,3 +157,25 @@ def test_without_fleet_mode_the_fleet_routes_say_so(tmp_path: Path) -> None:
             assert "fleet" not in c.get("/v1/status").json()
     finally:
         running.stop()
+
+
+def test_polling_catches_a_switch_written_without_notify(
+    pair: tuple[Node, Node], postgres: PostgresServer
+) -> None:
+    """A missed notification (here: a row written by hand, no NOTIFY) arrives at the next poll."""
+    a, b = pair
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO costwatch.killswitches (scope, reason, source) VALUES ('{\"model\": \"gpt-x\"}', 'by hand', 'sql')"
+        )
+    try:
+        for node in (a, b):
+            assert node.client is not None
+            _wait(lambda n=node: n.client.get("/v1/killswitch").json()["engaged"], timeout=3, what="polled")  # type: ignore[misc]
+            assert [k["scope"] for k in node.client.get("/v1/killswitch").json()["engaged"]] == [
+                {"model": "gpt-x"}
+            ]
+    finally:
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE costwatch.killswitches SET lifted_at = now() WHERE lifted_at IS NULL")
+    _wait(lambda: not b.client.get("/v1/killswitch").json()["engaged"], timeout=3, what="lifted by the poll")  # type: ignore[union-attr]

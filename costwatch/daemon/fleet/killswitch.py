@@ -83,7 +83,7 @@ class FleetKillSwitch:
             ).fetchone()
             assert row is not None
             conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, "engage " + row[0]])
-        self.sync()  # this daemon's own apps need not wait for the notification
+        self._sync_now()  # this daemon's own apps need not wait for the notification
         return {
             "id": row[0],
             "scope": scope,
@@ -112,8 +112,17 @@ class FleetKillSwitch:
             lifted = cur.rowcount
             if lifted:
                 conn.execute("SELECT pg_notify(%s, 'lift')", [CHANNEL])
-        self.sync()
+        self._sync_now()
         return lifted
+
+    def _sync_now(self) -> None:
+        """After a committed change: apply it here at once; if that fails, the listener will."""
+        try:
+            self.sync()
+        except Exception as exc:
+            log.warning(
+                "fleet kill switch: applying the change locally failed (%s); the listener retries", exc
+            )
 
     def engaged(self) -> list[dict[str, Any]]:
         with self.pool.connection(timeout=self.connect_timeout_s) as conn:
