@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from psycopg_pool import ConnectionPool
@@ -235,8 +234,3 @@ class _FleetMetrics(Collector):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], value)
             yield family
-
-
-def connect(dsn: str, timeout_s: float = 3.0) -> psycopg.Connection:
-    """A plain autocommit connection (tests, benchmarks)."""
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout_s)))
