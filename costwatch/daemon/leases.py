@@ -305,7 +305,7 @@ class LeaseService:
             recorded = spend_cache[rule.name].get(s.group, 0.0)
             outstanding = sum(max(lease.granted - lease.consumed, 0.0) for lease in live)
             limit_value = rule.limit
-            if getattr(rule, "fleet", False):
+            if rule.fleet:
                 fleet = self.fleet_limit
                 limit_value = fleet(rule, s.group, window, recorded, outstanding, s.want) if fleet else 0.0
             return limit_value - recorded - outstanding, len(live)
