@@ -168,6 +168,10 @@ def test_polling_catches_a_switch_written_without_notify(
         conn.execute(
             "INSERT INTO costwatch.killswitches (scope, reason, source) VALUES ('{\"model\": \"gpt-x\"}', 'by hand', 'sql')"
         )
+        # And one a daemon cannot apply (no such scope key): it is skipped, the other is not.
+        conn.execute(
+            "INSERT INTO costwatch.killswitches (scope, reason, source) VALUES ('{\"planet\": \"mars\"}', 'bad', 'sql')"
+        )
     try:
         for node in (a, b):
             assert node.client is not None

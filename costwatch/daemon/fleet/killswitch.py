@@ -149,12 +149,15 @@ class FleetKillSwitch:
         local = {ks.source for ks in self.registry.current().engaged if ks.source.startswith(SOURCE_PREFIX)}
         for source, (_id, scope, reason, origin, expires) in wanted.items():
             if source not in local:
-                self.registry.engage(
-                    dict(scope or {}),
-                    f"{reason} (fleet, by {origin})",
-                    source,
-                    None if expires is None else float(expires),
-                )
+                try:
+                    self.registry.engage(
+                        dict(scope or {}),
+                        f"{reason} (fleet, by {origin})",
+                        source,
+                        None if expires is None else float(expires),
+                    )
+                except (TypeError, ValueError) as exc:  # a hand-written row with a bad scope: skip it alone
+                    log.error("fleet kill switch %s not applied: %s", _id, exc)
         for source in local - set(wanted):
             self.registry.lift_by_source(source, "fleet")
 
