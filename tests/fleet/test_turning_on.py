@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +116,72 @@ def test_cli_fleet_commands_go_through_the_daemon_and_stay_light(
     assert outputs[2] == "app,reason\nsvc,fleet stop\n"
     assert "lifted 1 FLEET kill switch(es)" in outputs[3]
     assert fleet_daemon.daemon.killswitches.state().engaged == []
+
+
+def _documented_setup() -> tuple[list[str], list[str]]:
+    """docs/fleet.md A6's SQL: (before the first daemon, after it), passwords filled in."""
+    import re
+
+    text = (ROOT / "docs" / "fleet.md").read_text()
+    block = re.search(r"## A6\..*?```sql\n(.*?)```", text, re.S).group(1)  # type: ignore[union-attr]
+    before, after = block.split("-- after the first daemon")
+    after = after.split("\n", 1)[1]
+
+    def statements(sql: str) -> list[str]:
+        lines = [line.split("--")[0] for line in sql.splitlines()]
+        return [s.strip().replace("'…'", "'pw'") for s in "\n".join(lines).split(";") if s.strip()]
+
+    return statements(before), statements(after)
+
+
+def test_the_documented_roles_work(postgres: PostgresServer, tmp_path: Path) -> None:
+    """Set up as docs/fleet.md says: the writer role runs the daemon, the reader answers fleet SQL."""
+    import httpx
+    import psycopg
+
+    from costwatch.daemon.fleet import FleetService
+
+    before, after = _documented_setup()
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        for statement in before:
+            conn.execute(statement)  # type: ignore[arg-type]
+    writer = postgres.dsn_for("costwatch_writer", "costwatch")
+    settings = DaemonSettings(state_dir=tmp_path / "w", port=0, fleet_dsn=writer, node="documented")
+    daemon = start_in_thread(settings, [FleetService.for_daemon])
+    try:
+        assert daemon.daemon.fleet.ledger_id is not None  # the writer created and migrated the schema
+    finally:
+        daemon.stop()
+    with psycopg.connect(postgres.dsn_for("postgres", "costwatch"), autocommit=True) as conn:
+        for statement in after:
+            conn.execute(statement)  # type: ignore[arg-type]
+    reader = postgres.dsn_for("costwatch_reader", "costwatch")
+    settings = DaemonSettings(
+        state_dir=tmp_path / "w", port=0, fleet_dsn=writer, fleet_sql_dsn=reader, node="documented"
+    )
+    daemon = start_in_thread(settings, [FleetService.for_daemon])
+    try:
+        h = {"Authorization": f"Bearer {daemon.token}"}
+        event = '[{"id": "0193a1b2-0000-7000-8000-000000000001", "call_id": "c", "ts_start": 1764806400.0,'
+        event += ' "ts_end": 1764806401.0, "provider": "openai", "operation": "chat", "app": "docs",'
+        event += (
+            ' "model": "gpt-4o-mini", "usage_source": "provider", "input_tokens": 10, "output_tokens": 2}]'
+        )
+        assert httpx.post(daemon.url + "/v1/events", headers=h, content=event).status_code == 200
+        deadline = time.monotonic() + 15
+        while daemon.daemon.fleet.replicator.measure_lag().lag_events:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # A partition created after the grants (this event's month) is readable through the parent.
+        rows = httpx.post(
+            daemon.url + "/v1/sql?fleet=1",
+            headers=h,
+            json={"sql": "SELECT app, node FROM costwatch.usage_events"},
+        ).json()["rows"]
+        assert rows == [["docs", "documented"]]
+        who = httpx.post(
+            daemon.url + "/v1/sql?fleet=1", headers=h, json={"sql": "SELECT current_user"}
+        ).json()["rows"]
+        assert who == [["costwatch_reader"]]
+    finally:
+        daemon.stop()

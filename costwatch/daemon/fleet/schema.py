@@ -173,11 +173,14 @@ def migrate(conn: psycopg.Connection) -> list[int]:
     applied: list[int] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATION_LOCK])
-        conn.execute("CREATE SCHEMA IF NOT EXISTS costwatch")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS costwatch.schema_migrations"
-            " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
+        # Looked up first: CREATE … IF NOT EXISTS checks the CREATE privilege even when nothing is created.
+        if conn.execute("SELECT to_regnamespace('costwatch')").fetchone() == (None,):
+            conn.execute("CREATE SCHEMA costwatch")
+        if conn.execute("SELECT to_regclass('costwatch.schema_migrations')").fetchone() == (None,):
+            conn.execute(
+                "CREATE TABLE costwatch.schema_migrations"
+                " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
         done = {row[0] for row in conn.execute("SELECT version FROM costwatch.schema_migrations")}
         for version, statements in MIGRATIONS:
             if version in done:
