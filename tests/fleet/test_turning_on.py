@@ -185,3 +185,14 @@ def test_the_documented_roles_work(postgres: PostgresServer, tmp_path: Path) -> 
         assert who == [["costwatch_reader"]]
     finally:
         daemon.stop()
+
+
+def test_apps_never_import_fleet_modules(tmp_path: Path) -> None:
+    code = "import sys, costwatch.autoinstrument, costwatch; print('LOADED', *[m for m in %r if m in sys.modules])"
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("COSTWATCH_")}
+    env.update(COSTWATCH_STATE_DIR=str(tmp_path), PYTHONPATH=str(ROOT), COSTWATCH_FLEET_DSN="host=never-used")
+    result = subprocess.run(
+        [sys.executable, "-c", code % (FLEET_MODULES,)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["LOADED"], result.stdout
