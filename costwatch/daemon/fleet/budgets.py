@@ -101,14 +101,25 @@ class FleetBudgets:
     def _top_up(self, rule: BudgetRule, sl: _Slice, short: float) -> float:
         key = [sl.budget, sl.group, sl.window]
         with self.pool.connection(timeout=self.connect_timeout_s) as conn, conn.transaction():
-            row = conn.execute(
+            conn.execute(
                 "INSERT INTO costwatch.budgets (budget, grp, window_id, limit_value, unit) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (budget, grp, window_id) DO UPDATE SET limit_value = excluded.limit_value,"
-                " unit = excluded.unit, updated_at = now() RETURNING limit_value",
+                " ON CONFLICT (budget, grp, window_id) DO NOTHING",
                 [*key, float(rule.limit), rule.unit],
-            ).fetchone()  # the upsert holds the budget row locked until COMMIT: slices are taken one at a time
+            )
+            # The budget row, locked until COMMIT: daemons take slices of one budget one at a time.
+            row = conn.execute(
+                "SELECT limit_value FROM costwatch.budgets WHERE budget = %s AND grp = %s AND window_id = %s"
+                " FOR UPDATE",
+                key,
+            ).fetchone()
             assert row is not None
-            limit = float(row[0])
+            limit = float(rule.limit)
+            if float(row[0]) != limit:  # the rule changed: the last daemon to take a slice sets the limit
+                conn.execute(
+                    "UPDATE costwatch.budgets SET limit_value = %s, unit = %s, updated_at = now()"
+                    " WHERE budget = %s AND grp = %s AND window_id = %s",
+                    [limit, rule.unit, *key],
+                )
             # A daemon that stopped renewing (dead) keeps only what it spent.
             conn.execute(
                 "UPDATE costwatch.budget_slices SET granted = spent, updated_at = now()"
