@@ -138,6 +138,7 @@ def generate(path: Path, n: int, days: float = 60.0) -> float:
         "provider_cost_usd": "NULL",
         "computed_cost_usd": f"CASE WHEN err THEN NULL ELSE (inp * {_PRICE_IN}[m] + outp * {_PRICE_OUT}[m]) / 1e6 END",
         "cost_source": "CASE WHEN err THEN NULL ELSE 'computed' END",
+        "seq": "i + 1",  # commit order, as the sequence numbers them
     }
     missing = set(ALL_COLUMNS) - set(exprs)
     assert not missing, f"the generator misses columns {missing}"

@@ -297,7 +297,12 @@ def default_services(settings: Any) -> list[Any]:
 
     from costwatch.daemon.leases import LeaseService
 
-    return [rules, LeaseService.for_daemon]
+    services: list[Any] = [rules, LeaseService.for_daemon]
+    if getattr(settings, "fleet_dsn", None):  # psycopg is imported only here, only with a DSN
+        from costwatch.daemon.fleet import FleetService
+
+        services.append(FleetService.for_daemon)
+    return services
 
 
 def default_routes() -> Any:
@@ -319,7 +324,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     from costwatch.daemon.server import serve
 
-    settings = load_settings(args, rules=args.rules)
+    settings = load_settings(args, rules=args.rules, fleet_dsn=args.fleet_dsn)
     rules_dir = _rules_dir(settings.rules)
     if rules_dir is not None:
         from costwatch.daemon.rules import check_rules
@@ -327,6 +332,16 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         errors = check_rules(rules_dir)
         if errors:
             raise CLIError("invalid rules, not starting:\n  " + "\n  ".join(errors), 2)
+        if not settings.fleet_dsn:
+            from costwatch.daemon.rules import load_rules
+
+            fleet = [r.name for r in load_rules(rules_dir).hard_budgets if r.fleet]
+            if fleet:
+                print(
+                    f"costwatch: warning: fleet budget(s) {', '.join(fleet)} need fleet mode (fleet_dsn /"
+                    " COSTWATCH_FLEET_DSN): without it they grant nothing and refuse every call they cover",
+                    file=sys.stderr,
+                )
     try:
         serve(settings, default_services(settings), default_routes(), banner=_banner)
     except duckdb.IOException as exc:
@@ -341,6 +356,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    if args.fleet:  # the fleet ledger, through the local daemon (it holds the Postgres connection)
+        if args.db:
+            raise CLIError("--fleet queries the fleet ledger through the daemon: it does not take --db", 2)
+        client = client_for(args)
+        data = client.request("POST", "/v1/sql?fleet=1", {"sql": args.query}, expect=("columns", "rows"))
+        _print_daemon_rows(data, args.format)
+        return 0
     settings = _offline(args)
     if settings is None:  # the daemon holds the file while it runs: ask it
         _print_daemon_rows(_daemon_sql(client_for(args), args.query), args.format)
@@ -447,6 +469,21 @@ def cmd_kill(args: argparse.Namespace) -> int:
     for_s = parse_duration(args.for_) if args.for_ else None
     where = ", ".join(f"{k}={v}" for k, v in sorted(scope.items())) or "global"
     until = f" for {args.for_}" if for_s else ""
+    if args.fleet:
+        if args.db:
+            raise CLIError("--fleet goes through the daemon (it writes the switch into Postgres): no --db", 2)
+        client = client_for(args)
+        body = {"action": "engage", "scope": scope, "reason": args.reason, "for_s": for_s, "source": "cli"}
+        client.request(
+            "POST",
+            "/v1/killswitch?fleet=1",
+            body,
+            timeout=_WRITE_TIMEOUT_S,
+            expect=("killswitch",),
+            not_done=_NOT_ENGAGED,
+        )
+        print(f"FLEET kill switch engaged through {client.url}: scope {where}{until} ({args.reason})")
+        return 0
     settings = _offline(args)
     target = client_for(args) if settings is None else _file_registry(args, settings)
     if isinstance(target, Client):
@@ -485,6 +522,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if args.all
         else "scope " + (", ".join(f"{k}={v}" for k, v in sorted(scope.items())) or "global")
     )
+    if args.fleet:
+        if args.db:
+            raise CLIError("--fleet goes through the daemon (it lifts the switch in Postgres): no --db", 2)
+        client = client_for(args)
+        body = {"action": "lift", "scope": scope, "all": bool(args.all), "by": "cli"}
+        reply = client.request(
+            "POST",
+            "/v1/killswitch?fleet=1",
+            body,
+            timeout=_WRITE_TIMEOUT_S,
+            expect=("lifted",),
+            not_done=_NOT_LIFTED,
+        )
+        print(f"lifted {reply['lifted']} FLEET kill switch(es) on {where} through {client.url}")
+        return 0 if reply["lifted"] else 1
     settings = _offline(args)
     target = client_for(args) if settings is None else _file_registry(args, settings)
     if isinstance(target, Client):
@@ -540,6 +592,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if data.get("health"):
             print("health: degraded: " + "; ".join(data["health"]))
         engaged = data["killswitch"]["engaged"]
+        if data.get("fleet"):
+            print(_fleet_line(data["fleet"]))
         forecasts = client.request("GET", "/v1/budgets", timeout=10).get("budgets", [])
     print(f"events stored: {data['events']}")
     print(
@@ -633,6 +687,17 @@ def _rules_dir(configured: Path | None) -> Path | None:
     if configured is not None:
         return configured
     return Path("alerts") if Path("alerts").is_dir() else None
+
+
+def _fleet_line(fleet: dict[str, Any]) -> str:
+    """`costwatch status`: this daemon's place in the fleet and its replication lag."""
+    rep = fleet["replication"]
+    state = "connected" if rep["connected"] else f"NOT connected ({rep.get('last_error') or 'not yet'})"
+    listen = "listening" if fleet["killswitch"]["listening"] else "polling"
+    return (
+        f"fleet: node {fleet['node']}, ledger {state}; replication lag {rep['lag_events']} events"
+        f" ({rep['lag_seconds']:.1f} s); kill switch {listen}"
+    )
 
 
 def _forecast_lines(forecasts: list[dict[str, Any]]) -> list[str]:
@@ -755,12 +820,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; COSTWATCH_HOST)")
     p.add_argument("--port", help="port to listen on (default 7707; COSTWATCH_PORT)")
     p.add_argument("--rules", type=Path, help="directory of rule files")
+    p.add_argument(
+        "--fleet-dsn", help="PostgreSQL DSN of the fleet ledger (COSTWATCH_FLEET_DSN; docs/fleet.md)"
+    )
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("sql", help="run one read-only SQL query")
     common(p)
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--fleet", action="store_true", help="query the fleet ledger (PostgreSQL SQL, read-only)")
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("kill", help="engage a kill switch")
@@ -768,12 +837,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", action="append", metavar="KEY=VALUE", help="app, provider, model or user")
     p.add_argument("--reason", required=True)
     p.add_argument("--for", dest="for_", metavar="DURATION", help="lift automatically after e.g. 30m")
+    p.add_argument("--fleet", action="store_true", help="engage it on every daemon of the fleet")
     p.set_defaults(func=cmd_kill)
 
     p = sub.add_parser("resume", help="lift a kill switch (the global one without --scope)")
     common(p)
     p.add_argument("--scope", action="append", metavar="KEY=VALUE")
     p.add_argument("--all", action="store_true", help="lift every engaged kill switch")
+    p.add_argument("--fleet", action="store_true", help="lift a fleet kill switch (on every daemon)")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="daemon state, spend and engaged kill switches")
@@ -810,6 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Installed by `pip install 'costwatch[daemon]'`, not by an app's plain `pip install costwatch`.
+FLEET_PACKAGES = frozenset({"psycopg", "psycopg_pool"})  # `costwatch[fleet]`: a daemon with a fleet DSN
 DAEMON_PACKAGES = frozenset(
     {
         "duckdb",
@@ -832,11 +904,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
         print(f"costwatch: {exc}", file=sys.stderr)
         code = exc.code
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in DAEMON_PACKAGES:
+        package = (exc.name or "").split(".")[0]
+        if package not in DAEMON_PACKAGES | FLEET_PACKAGES:
             raise
+        extra = "fleet" if package in FLEET_PACKAGES else "daemon"
         print(
-            f"costwatch: `costwatch {args.command}` needs the daemon's packages here ({exc.name} is missing):"
-            " pip install 'costwatch[daemon]'",
+            f"costwatch: `costwatch {args.command}` needs the {extra}'s packages here ({exc.name} is missing):"
+            f" pip install 'costwatch[{extra}]'",
             file=sys.stderr,
         )
         code = 1

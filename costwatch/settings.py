@@ -156,6 +156,21 @@ class DaemonSettings(_FromEnvThenFile):
     max_batch_events: int = Field(default=50_000, ge=1)
     timezone: str = "UTC"
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    # Fleet mode (docs/fleet.md): a PostgreSQL conninfo or URL. None: nothing fleet-related runs
+    # or is imported. COSTWATCH_FLEET_DSN / config `fleet_dsn` / `costwatch daemon --fleet-dsn`.
+    fleet_dsn: str | None = Field(default=None, repr=False)
+    # Fleet SQL runs on this DSN when set (a role without write rights, docs/fleet.md); else on
+    # fleet_dsn, in a READ ONLY transaction either way.
+    fleet_sql_dsn: str | None = Field(default=None, repr=False)
+    node: str = Field(
+        default_factory=lambda: __import__("socket").gethostname(), min_length=1, max_length=256
+    )
+    fleet_batch_events: int = Field(default=5_000, ge=1, le=100_000)
+    fleet_interval_s: float = Field(default=0.5, gt=0, le=60)  # replication pause when caught up
+    fleet_poll_s: float = Field(default=2.0, gt=0, le=300)  # kill-switch poll (LISTEN/NOTIFY is first)
+    fleet_connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    # A fleet budget slice not renewed for this long (a dead daemon) returns to the fleet.
+    fleet_slice_ttl_s: float = Field(default=30.0, ge=1, le=3600)
 
     @field_validator("duckdb_memory_limit", "duckdb_wal_autocheckpoint")
     @classmethod

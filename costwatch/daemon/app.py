@@ -249,12 +249,52 @@ def build_app(
             state = await daemon.killswitch_watch.wait(version, wait)
         return Response(msgspec.json.encode(state), media_type="application/json")
 
+    def fleet_service() -> Any:
+        fleet = getattr(daemon, "fleet", None)
+        if fleet is None:
+            raise HTTPError(
+                409, "fleet mode is off on this daemon: start it with fleet_dsn (COSTWATCH_FLEET_DSN)"
+            )
+        return fleet
+
+    def wants_fleet(request: Request, data: dict[str, Any] | None = None) -> bool:
+        flag = request.query_params.get("fleet", "")
+        return flag.lower() in ("1", "true", "yes") or bool(data and data.get("fleet") is True)
+
+    async def fleet_killswitch(data: dict[str, Any], action: Any, scope: dict[str, Any]) -> Response:
+        fleet = fleet_service()
+        try:
+            if action == "engage":
+                reason = data.get("reason")
+                if not isinstance(reason, str) or not reason.strip():
+                    raise HTTPError(400, "engage needs a non-empty reason")
+                for_s = data.get("for_s")
+                if for_s is not None and (not isinstance(for_s, int | float) or for_s <= 0):
+                    raise HTTPError(400, "for_s must be a positive number of seconds")
+                source = str(data.get("source") or "http")
+                ks = await run_in_threadpool(fleet.killswitch.engage, scope, reason, source, for_s)
+                return json_response({"killswitch": ks, "fleet": True, "state": registry.state()})
+            if action == "lift":
+                target = None if data.get("all") else scope
+                n = await run_in_threadpool(fleet.killswitch.lift, target, str(data.get("by") or "http"))
+                return json_response({"lifted": n, "fleet": True, "state": registry.state()})
+        except ScopeError as exc:
+            raise HTTPError(400, str(exc)) from None
+        except HTTPError:
+            raise
+        except Exception as exc:  # the ledger does not answer: say so, nothing was done
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HTTPError(503, f"the fleet ledger did not take it: {line}") from None
+        raise HTTPError(400, "action must be 'engage' or 'lift'")
+
     async def killswitch_post(request: Request) -> Response:
         data = await json_body(request)
         action = data.get("action")
         scope = data.get("scope") or {}
         if not isinstance(scope, dict):
             raise HTTPError(400, 'scope must be an object like {"app": "chatbot"}')
+        if wants_fleet(request, data):
+            return await fleet_killswitch(data, action, scope)
         try:
             if action == "engage":
                 reason = data.get("reason")
@@ -311,9 +351,21 @@ def build_app(
         if fmt not in ("json", "csv"):
             raise HTTPError(400, "format must be json or csv")
         try:
-            result = await run_in_threadpool(
-                run_query, store.con, query, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows
-            )
+            if wants_fleet(request, data):
+                fleet = fleet_service()
+                result = await run_in_threadpool(
+                    lambda: fleet.query(
+                        query, timeout_s=settings.sql_timeout_s, max_rows=settings.sql_max_rows
+                    )
+                )
+            else:
+                result = await run_in_threadpool(
+                    run_query,
+                    store.con,
+                    query,
+                    timeout_s=settings.sql_timeout_s,
+                    max_rows=settings.sql_max_rows,
+                )
         except QueryError as exc:
             raise HTTPError(400, str(exc)) from None
         if fmt == "csv":
@@ -329,6 +381,9 @@ def build_app(
             uptime_s=round(time.time() - daemon.started_at, 3),
             health=store.health(),
         )
+        fleet = getattr(daemon, "fleet", None)
+        if fleet is not None:
+            summary["fleet"] = fleet.status()
         return json_response(summary)
 
     async def reprice(request: Request) -> Response:

@@ -149,6 +149,10 @@ class LeaseService:
         self._price_cache: dict[str, list[float] | None] = {}
         self._next_id = 0
         self.counters = {"exchanges": 0, "expired": 0, "granted": 0, "refused": 0, "errors": 0}
+        # Fleet budgets (`fleet: true`): f(rule, group, window, recorded, outstanding, want) -> what
+        # this host may use in all, leased from Postgres (costwatch.daemon.fleet.budgets). None: no
+        # fleet mode, and a fleet budget grants nothing (fails closed).
+        self.fleet_limit: Callable[[BudgetRule, str, str, float, float, float], float] | None = None
 
     # -- service protocol (server.BackgroundService) --------------------------------------
 
@@ -300,7 +304,11 @@ class LeaseService:
                 spend_cache[rule.name] = self._recorded(rule, start, end, now)
             recorded = spend_cache[rule.name].get(s.group, 0.0)
             outstanding = sum(max(lease.granted - lease.consumed, 0.0) for lease in live)
-            return rule.limit - recorded - outstanding, len(live)
+            limit_value = rule.limit
+            if rule.fleet:
+                fleet = self.fleet_limit
+                limit_value = fleet(rule, s.group, window, recorded, outstanding, s.want) if fleet else 0.0
+            return limit_value - recorded - outstanding, len(live)
         cap = float(rule.requests if limit.measure == "requests" else rule.tokens or 0)
         used = self._used.get((limit.id, s.group, window), (0.0, 0.0))[0]
         return cap - used - sum(max(lease.granted, lease.consumed) for lease in live), len(live)

@@ -169,11 +169,20 @@ class BudgetRule(_RuleBase):
     lease_ttl: str = "10s"  # a crashed process's slice returns to the pool after this long
     default_max_tokens: int = Field(default=4096, ge=1)  # worst-case output when a request sets none
     reserve: bool = True  # false: admit while the lease is not used up (comparison runs only)
+    # One limit for every daemon of the fleet (needs hard: true and fleet_dsn): each daemon leases
+    # slices of it from PostgreSQL (costwatch.daemon.fleet.budgets, docs/fleet.md).
+    fleet: bool = False
 
     @field_validator("lease_ttl")
     @classmethod
     def _check_ttl(cls, value: Any) -> str:
         return _lease_ttl(value)
+
+    @model_validator(mode="after")
+    def _fleet_is_hard(self) -> BudgetRule:
+        if self.fleet and not self.hard:
+            raise ValueError("fleet: true is for hard budgets: set hard: true as well")
+        return self
 
     @field_validator("window")
     @classmethod

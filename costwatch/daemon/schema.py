@@ -46,6 +46,9 @@ ADDED_COLUMNS: dict[str, str] = {
     # `cost_usd`), and where `cost_usd` came from (`provider` | `computed` | NULL: unpriced).
     "computed_cost_usd": "DOUBLE",
     "cost_source": "VARCHAR",
+    # Migration 4: commit order, from a sequence (the writer is the only writer, so a larger
+    # seq is never visible before a smaller one). Fleet replication resumes after a seq.
+    "seq": "BIGINT",
 }
 
 # The event fields migration 1 created, in its column order. Later event fields are columns of
@@ -262,9 +265,28 @@ def _migration_3() -> list[str]:
     ]
 
 
+def _migration_4() -> list[str]:
+    """Fleet replication (issue 17): `seq` numbers rows in commit order; watermarks per ledger.
+
+    Existing rows get numbers too (in table order), so a database that turns fleet mode on
+    later ships its whole history first. `fleet_watermarks.ledger` is the Postgres ledger's
+    id (`costwatch.ledger` there): pointing the daemon at another ledger starts from 0.
+    """
+    return [
+        "CREATE SEQUENCE usage_events_seq",
+        "ALTER TABLE usage_events ADD COLUMN seq BIGINT DEFAULT nextval('usage_events_seq')",
+        """CREATE TABLE fleet_watermarks (
+            ledger VARCHAR PRIMARY KEY,
+            seq BIGINT NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        )""",
+    ]
+
+
 # Append new migrations; never edit one that has shipped.
 MIGRATIONS: list[tuple[int, typing.Callable[[], list[str]]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (4, _migration_4),
 ]

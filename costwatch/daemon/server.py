@@ -76,6 +76,7 @@ class Daemon:
         self.settings = settings
         self.started_at = time.time()
         self.mirror: StateMirror | None = None  # set by `listening_on` once the port is known
+        self.fleet: Any = None  # the FleetService when fleet_dsn is set (costwatch.daemon.fleet)
         self.token = settings.token or ensure_token(settings.state_dir)
         self.pricer = Pricer(settings.prices)
         self.metrics = DaemonMetrics(killswitch_state=lambda: self.killswitches.state())

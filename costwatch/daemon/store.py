@@ -47,9 +47,10 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 EVENT_COLUMNS: dict[str, str] = schema.event_columns()
 ALL_COLUMNS: list[str] = list(schema.stored_columns())
-# What the writer's Arrow batch holds (inserted by name); `day` is computed by the INSERT itself.
+# What the writer's Arrow batch holds (inserted by name); `day` is computed by the INSERT itself,
+# `seq` comes from its column default (a sequence: commit order, read by fleet replication).
 _BATCH_COLUMNS: list[str] = [*EVENT_COLUMNS, *PRICE_COLUMNS, "ingested_at"]
-assert sorted([*_BATCH_COLUMNS, "day"]) == sorted(ALL_COLUMNS)
+assert sorted([*_BATCH_COLUMNS, "day", "seq"]) == sorted(ALL_COLUMNS)
 INSERT_BATCH = (
     f"INSERT INTO usage_events ({', '.join(_BATCH_COLUMNS)}, day)"
     " SELECT *, CAST(ts_start AS DATE) FROM _cw_batch"

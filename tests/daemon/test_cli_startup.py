@@ -115,7 +115,16 @@ def _imported_modules(env: dict[str, str], *args: str) -> tuple[set[str], subpro
     return set(line.split()[1:]), result
 
 
-HEAVY = ("pydantic", "pydantic_settings", "duckdb", "httpx", "httpx2", "costwatch.instrumentation")
+HEAVY = (
+    "pydantic",
+    "pydantic_settings",
+    "duckdb",
+    "httpx",
+    "httpx2",
+    "costwatch.instrumentation",
+    "psycopg",  # fleet mode: only the daemon talks to Postgres, and only with a DSN
+    "psycopg_pool",
+)
 # Not heavy, but ~4.5 ms of a CLI start-up that competes with busy apps for the CPU.
 AVOIDABLE = ("typing", "dataclasses")
 

@@ -125,16 +125,31 @@ function renderSqlList(rangeKey) {
   }
 }
 
+// Fleet mode (docs/fleet.md): this node's name and how far the ledger is behind it.
+function renderFleet(fleet) {
+  const el = $("fleet");
+  el.hidden = !fleet;
+  if (!fleet) return;
+  const rep = fleet.replication;
+  const ledger = rep.connected ? "ledger connected" : `ledger NOT connected (${rep.last_error || "not yet"})`;
+  el.dataset.connected = String(rep.connected);
+  el.textContent =
+    `Fleet node ${fleet.node}: ${ledger}; replication lag ${rep.lag_events} events` +
+    ` (${rep.lag_seconds.toFixed(1)} s); kill switch ${fleet.killswitch.listening ? "listening" : "polling"}`;
+}
+
 async function refreshData() {
   const rangeKey = state.range; // everything below uses the range this refresh started with
   const names = Object.keys(state.queries);
-  const [kill, budgets, ...results] = await Promise.all([
+  const [kill, budgets, status, ...results] = await Promise.all([
     api.killswitch(),
     api.budgets().catch((err) => (err instanceof api.AuthError ? Promise.reject(err) : { error: err })),
+    api.status().catch((err) => (err instanceof api.AuthError ? Promise.reject(err) : {})),
     ...names.map((n) => api.sql(render(n, rangeKey))),
   ]);
   const data = Object.fromEntries(names.map((n, i) => [n, api.records(results[i])]));
   ks.render(kill);
+  renderFleet(status.fleet);
   renderKpis(data.kpis[0]);
   if (budgets.error) $("budgets").textContent = `Budgets unavailable: ${budgets.error.message}`;
   else renderBudgets(budgets);
