@@ -17,8 +17,14 @@ outstanding grant: never in neither. Leases expire after the rule's
 pool. One lock serializes grants (the spend query runs inside it): two
 processes can never be handed the same dollar.
 
-Rate limits count in fixed windows aligned to the epoch (``window: 1m`` =
-every whole minute); a slice is only valid inside its window.
+Rate limits slide: the window is cut into ``k`` sub-windows (up to 10, each at
+least a second: ``window: 1m`` = 6 s steps) aligned to the epoch, a slice is
+only valid inside its sub-window, and a grant counts what the previous ``k``
+sub-windows used as well as the current one. Any span of one window length
+overlaps at most ``k + 1`` consecutive sub-windows, so no such span — wherever
+it starts — holds more than the limit (fixed windows let a burst at the end of
+one window and the start of the next reach twice the limit). The price:
+sustained throughput is at most ``k / (k + 1)`` of the limit (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ log = logging.getLogger("costwatch.leases")
 
 MAX_BODY = 1024 * 1024
 _PROBE_TOKENS = 10_000_000  # large enough to reach the top price tier: worst-case rates
+MAX_SUBWINDOWS = 10  # a rate limit's window is cut into at most this many steps ...
+MIN_SUBWINDOW_S = 1.0  # ... each at least this long
 
 
 # -- wire shapes (the client in costwatch.instrumentation.limits mirrors them) ----------------
@@ -118,6 +126,7 @@ class _Lease:
     id: int
     window: str
     window_end: float  # epoch seconds (inf: a rolling window)
+    span_s: float = 0.0  # a rate limit's whole window: its sub-window counts this long after it ends
     granted: float = 0.0
     consumed: float = 0.0
     expires_at: float = 0.0
@@ -144,7 +153,7 @@ class LeaseService:
         self.tz = ZoneInfo(timezone_name)
         self._lock = threading.Lock()
         self._leases: dict[tuple[str, str, str], _Lease] = {}  # (holder, limit id, group)
-        # rate limits: (limit, group, window) -> (used by ended leases, window end)
+        # rate limits: (limit, group, sub-window) -> (used by ended leases, when it stops counting)
         self._used: dict[tuple[str, str, str], tuple[float, float]] = {}
         self._price_cache: dict[str, list[float] | None] = {}
         self._next_id = 0
@@ -249,12 +258,15 @@ class LeaseService:
         window, left, start, end = self._window(rule, now)
         lease = self._leases.get(key)
         if lease is not None and lease.window != window:
+            if s.lease == lease.id:  # the holder's last numbers for the window that ended
+                lease.consumed = max(lease.consumed, s.consumed)
             self._retire(key, self._leases.pop(key), expired=False)
             lease = None
         if lease is None:
             self._next_id += 1
             window_end = now + left if left is not None else math.inf
-            lease = self._leases[key] = _Lease(self._next_id, window, window_end)
+            span = _span(rule) if isinstance(rule, RateLimitRule) else 0.0
+            lease = self._leases[key] = _Lease(self._next_id, window, window_end, span)
         elif s.lease == lease.id:  # numbers of an older lease (expired meanwhile) mean nothing here
             lease.granted = min(lease.granted, max(s.granted, 0.0))
             lease.consumed = max(lease.consumed, s.consumed)
@@ -302,8 +314,16 @@ class LeaseService:
             outstanding = sum(max(lease.granted - lease.consumed, 0.0) for lease in live)
             return rule.limit - recorded - outstanding, len(live)
         cap = float(rule.requests if limit.measure == "requests" else rule.tokens or 0)
-        used = self._used.get((limit.id, s.group, window), (0.0, 0.0))[0]
-        return cap - used - sum(max(lease.granted, lease.consumed) for lease in live), len(live)
+        # Sliding: this sub-window and the k before it (any span of one window overlaps k + 1).
+        current = int(window)
+        counted = {str(i) for i in range(current - _subwindows(rule), current + 1)}
+        used = sum(self._used.get((limit.id, s.group, w), (0.0, 0.0))[0] for w in counted)
+        held = sum(
+            max(lease.granted, lease.consumed)
+            for (_, lid, group), lease in self._leases.items()
+            if lid == limit.id and group == s.group and lease.window in counted
+        )
+        return cap - used - held, len(live)
 
     def _recorded(
         self, rule: BudgetRule, start: datetime | None, end: datetime | None, now: float
@@ -317,9 +337,9 @@ class LeaseService:
     ) -> tuple[str, float | None, datetime | None, datetime | None]:
         """(window id, seconds left, start, end) of the window containing ``now``."""
         if isinstance(rule, RateLimitRule):
-            span = parse_duration(rule.window).total_seconds()
-            index = math.floor(now / span)
-            return str(index), (index + 1) * span - now, None, None
+            step = _span(rule) / _subwindows(rule)
+            index = math.floor(now / step)
+            return str(index), (index + 1) * step - now, None, None
         tz = ZoneInfo(rule.timezone) if rule.timezone else self.tz
         start, end, window_id = window_bounds(rule, datetime.fromtimestamp(now, tz=timezone.utc), tz)
         left = end.timestamp() - now if end is not None else None
@@ -342,7 +362,7 @@ class LeaseService:
         if "/" in key[1]:
             ukey = (key[1], key[2], lease.window)
             used = max(lease.granted, lease.consumed) if expired else lease.consumed
-            self._used[ukey] = (self._used.get(ukey, (0.0, 0.0))[0] + used, lease.window_end)
+            self._used[ukey] = (self._used.get(ukey, (0.0, 0.0))[0] + used, lease.window_end + lease.span_s)
 
     def outstanding(self, limit_id: str, group: str) -> float:
         """Granted but not yet consumed, over live leases (tests and status)."""
@@ -411,6 +431,15 @@ class LeaseService:
             return {k: v for k, (_, v) in values.items()}
 
         return cls(rules, spend, pricer_rates(daemon.pricer), timezone_name=settings.timezone)
+
+
+def _span(rule: RateLimitRule) -> float:
+    return parse_duration(rule.window).total_seconds()
+
+
+def _subwindows(rule: RateLimitRule) -> int:
+    """k: sub-windows per window, up to 10 and each at least a second (renewals come every 0.2 s)."""
+    return max(1, min(MAX_SUBWINDOWS, math.floor(_span(rule) / MIN_SUBWINDOW_S)))
 
 
 def lease_routes(daemon: Any) -> list[Route]:
