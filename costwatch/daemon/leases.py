@@ -17,6 +17,12 @@ outstanding grant: never in neither. Leases expire after the rule's
 pool. One lock serializes grants (the spend query runs inside it): two
 processes can never be handed the same dollar.
 
+No slice is stranded: when a holder's waiting calls do not fit, the pool is marked
+*starved* for a second; every other holder's next grant asks it to hand back what it
+does not use (``reclaim``) and gives it nothing beyond what its own waiting calls need,
+and the starved holder is told (``contended``) that its calls should ask again rather
+than be refused (they wait at most the client's ``exchange_wait_s``).
+
 Rate limits slide: the window is cut into ``k`` sub-windows (up to 10, each at
 least a second: ``window: 1m`` = 6 s steps) aligned to the epoch, a slice is
 only valid inside its sub-window, and a grant counts what the previous ``k``
@@ -57,6 +63,7 @@ log = logging.getLogger("costwatch.leases")
 
 MAX_BODY = 1024 * 1024
 _PROBE_TOKENS = 10_000_000  # large enough to reach the top price tier: worst-case rates
+STARVED_S = 1.0  # others keep handing back surplus this long after a holder's calls last did not fit
 MAX_SUBWINDOWS = 10  # a rate limit's window is cut into at most this many steps ...
 MIN_SUBWINDOW_S = 1.0  # ... each at least this long
 
@@ -110,6 +117,8 @@ class Grant(msgspec.Struct, kw_only=True):
     free: float  # still free in the pool after this grant (for messages and waits)
     known: bool = True  # False: no such limit any more (rule removed)
     lease: int = 0  # a new id means a new lease: the client starts counting from zero
+    reclaim: float = 0.0  # another holder's calls are refused: hand back this much (what is unused)
+    contended: bool = False  # this holder's calls are refused while others hold surplus: ask again
 
 
 class LeaseReply(msgspec.Struct, kw_only=True):
@@ -156,8 +165,10 @@ class LeaseService:
         # rate limits: (limit, group, sub-window) -> (used by ended leases, when it stops counting)
         self._used: dict[tuple[str, str, str], tuple[float, float]] = {}
         self._price_cache: dict[str, list[float] | None] = {}
+        # (limit, group) -> (holder whose calls did not fit, until): the others hand back surplus
+        self._starved: dict[tuple[str, str], tuple[str, float]] = {}
         self._next_id = 0
-        self.counters = {"exchanges": 0, "expired": 0, "granted": 0, "refused": 0, "errors": 0}
+        self.counters = {"exchanges": 0, "expired": 0, "granted": 0, "refused": 0, "errors": 0, "reclaims": 0}
 
     # -- service protocol (server.BackgroundService) --------------------------------------
 
@@ -272,14 +283,37 @@ class LeaseService:
             lease.consumed = max(lease.consumed, s.consumed)
         lease.expires_at = now + limit.ttl_s
         free, holders = self._free(limit, rule, s, window, start, end, now, spend_cache)
-        # Fair share: one process may take 1/holders of what is free, or what a waiting call needs.
-        share = max(free, 0.0) / max(holders, 1)
+        pool = (s.limit, s.group)
+        starved = self._starved.get(pool)
+        if starved is not None and starved[1] < now:
+            del self._starved[pool]
+            starved = None
+        other_starving = starved is not None and starved[0] != holder
+        # Fair share: one process may take 1/holders of what is free, or what a waiting call needs;
+        # while another holder's calls are refused, only what a waiting call needs.
+        share = 0.0 if other_starving else max(free, 0.0) / max(holders, 1)
         extra = min(max(s.want, 0.0), max(share, min(s.need, free)), max(free, 0.0))
         if limit.measure == "requests":
             extra = math.floor(extra)
         lease.granted += extra
         self.counters["granted" if extra > 0 else "refused"] += 1
+        # No budget stranded: a holder whose calls do not fit makes every other holder hand back
+        # what it does not use (at their next renewal, <= 0.2 s), and its calls ask again meanwhile.
+        reclaim = max(lease.granted - lease.consumed, 0.0) if other_starving else 0.0
+        contended = False
+        if s.need > 0 and extra < s.need:
+            self._starved[pool] = (holder, now + STARVED_S)
+            contended = any(
+                max(other.granted - other.consumed, 0.0) > 0
+                for (h, lid, group), other in self._leases.items()
+                if lid == s.limit and group == s.group and h != holder
+            )
+            self.counters["reclaims"] += int(contended)
+        elif starved is not None and starved[0] == holder:
+            del self._starved[pool]
         return Grant(
+            reclaim=reclaim,
+            contended=contended,
             limit=s.limit,
             group=s.group,
             window=window,

@@ -84,6 +84,8 @@ class _Grant(msgspec.Struct, kw_only=True):
     free: float
     known: bool = True
     lease: int = 0
+    reclaim: float = 0.0
+    contended: bool = False
 
 
 class _Reply(msgspec.Struct, kw_only=True):
@@ -104,6 +106,7 @@ class _Slice:
     """This process's share of one pool (limit, group, window)."""
 
     __slots__ = (
+        "contended",
         "demand",
         "free",
         "granted",
@@ -136,6 +139,7 @@ class _Slice:
         self.valid_until = 0.0  # monotonic: lease expiry or window end, whichever first
         self.window_end = 0.0
         self.free = math.inf  # the pool's free amount at the last exchange
+        self.contended = False  # others hold surplus the daemon is reclaiming for our waiting calls
         self.need = 0.0  # asked for by calls that did not fit
         self.demand = 0.0  # reserved since the last exchange (sizes the next slice)
         self.rate = 0.0  # per second, smoothed
@@ -216,6 +220,7 @@ class Limiter:
     idle_s = 1.0  # and this often otherwise (to learn about new rules)
     horizon_s = 1.0  # a slice covers about this long at the recent rate
     exchange_wait_s = 2.0  # a call waits at most this long for an exchange it needs
+    min_gap_s = 0.01  # at least this long between two exchanges
     window_guard_s = 0.1  # stop admitting this long before a rate window ends (the call is still in flight)
     flush_timeout_s = 2.0
     connect_timeout_s = 0.5
@@ -369,8 +374,12 @@ class Limiter:
                     piece.last_amount = amount
                 return Ticket(self, wanted, prices)
             failing.last_amount = max(failing.last_amount, failing_amount)
-            if call.target >= 0 and self._completed >= call.target and failing.free > failing_amount:
-                call.target = -1  # the pool has room, other calls took this grant: ask again
+            if (
+                call.target >= 0
+                and self._completed >= call.target
+                and (failing.free > failing_amount or failing.contended)
+            ):
+                call.target = -1  # the pool has room (or others are handing surplus back): ask again
             if call.target < 0 or self._completed < call.target:
                 if call.target < 0:
                     call.target = self._started + 1
@@ -517,8 +526,12 @@ class Limiter:
                 self.counters["exchange_failures"] += 1
                 log.debug("lease exchange failed: %r", exc)
             interval = self.renew_s if self._slices else self.idle_s
+            started = time.monotonic()
             if self._wake.wait(interval):
                 self._wake.clear()
+                gap = self.min_gap_s - (time.monotonic() - started)
+                if gap > 0:  # calls asking again while surplus comes back: not a busy loop
+                    time.sleep(gap)
 
     def _exchange(self) -> None:
         """Report consumption, renew or shrink slices, ask for what blocked calls need."""
@@ -629,6 +642,12 @@ class Limiter:
             piece.granted = grant.granted
             piece.reported = consumed
             piece.free = grant.free
+            piece.contended = grant.contended
+            if grant.reclaim > 0:  # another process's calls wait: hand back what is unused, now
+                back = min(grant.reclaim, max(piece.available, 0.0))
+                if back > 0:
+                    piece.granted -= back
+                    self._wake.set()
             expiry = t_sent + grant.ttl_s * 0.8  # the daemon's clock started later: stay inside it
             if grant.window_left_s is not None:
                 piece.window_end = t_sent + grant.window_left_s

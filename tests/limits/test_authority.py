@@ -190,6 +190,28 @@ def test_no_span_of_one_window_exceeds_the_limit(tmp_path: Path) -> None:
             assert sum(n for t, n in times[i:] if t < t0 + 60) <= 10
 
 
+def test_a_refused_holder_gets_the_surplus_others_hold(tmp_path: Path) -> None:
+    """a sits on the whole budget; b's call does not fit: a is asked to hand back, b to ask again."""
+    service, clock = _service(tmp_path, BUDGET)
+    a = _ask(service, "a", 10, need=1)
+    assert a.granted == 10 and a.reclaim == 0
+    b = _ask(service, "b", 3, need=3)
+    assert b.granted == 0 and b.contended  # refused for now, but a holds surplus: wait for it
+    clock.now += 0.2
+    a2 = _ask(service, "a", 5, lease=a.lease, granted=10, consumed=2)  # a's renewal, wanting more
+    assert a2.reclaim == pytest.approx(8.0) and a2.granted == 10  # nothing more for a; 8 unused back
+    clock.now += 0.01
+    a3 = _ask(service, "a", 0, lease=a.lease, granted=2, consumed=2)  # a handed the 8 back
+    assert a3.granted == 2
+    b2 = _ask(service, "b", 3, lease=b.lease, need=3)
+    assert b2.granted >= 3 and not b2.contended
+    clock.now += 0.2  # b was served: a is not asked again
+    assert _ask(service, "a", 0, lease=a.lease, granted=2, consumed=2).reclaim == 0
+    # Nothing to hand back: b is refused without being told to wait.
+    service, _ = _service(tmp_path, BUDGET, {"global": 10.0})
+    assert not _ask(service, "b", 3, need=3).contended
+
+
 def test_unknown_limit_is_dropped(tmp_path: Path) -> None:
     service, _ = _service(tmp_path, BUDGET)
     grant = _ask(service, "a", 1, limit="gone")

@@ -88,6 +88,7 @@ rules:
         rows = r.recorded(
             "SELECT user, sum(input_tokens + output_tokens) FROM usage_events WHERE NOT blocked GROUP BY user"
         )
+        print("per-user tokens:", sorted(rows))  # shown with -s (the 50-run check in docs/limits.md)
         assert {user for user, _ in rows} == {"ann", "bob"}
         assert all(15000 < tokens <= 20000 for _, tokens in rows), rows
 
