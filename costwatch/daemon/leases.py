@@ -97,6 +97,7 @@ class SliceRequest(msgspec.Struct, kw_only=True):
     want: float = 0.0  # how much more it asks for
     need: float = 0.0  # of which calls waiting right now need at least this much
     lease: int = 0  # the lease id these numbers belong to (0: none yet)
+    spare: float = -1.0  # granted and not reserved by any call (-1: not reported, an older client)
 
 
 class LeaseRequest(msgspec.Struct, kw_only=True):
@@ -297,18 +298,24 @@ class LeaseService:
             extra = math.floor(extra)
         lease.granted += extra
         self.counters["granted" if extra > 0 else "refused"] += 1
-        # No budget stranded: a holder whose calls do not fit makes every other holder hand back
-        # what it does not use (at their next renewal, <= 0.2 s), and its calls ask again meanwhile.
+        # No budget stranded: a holder whose calls do not fit, while the others' unused slices
+        # would cover them, makes every other holder hand back what it does not use (at their
+        # next renewal, <= 0.2 s); its calls ask again meanwhile.
         reclaim = max(lease.granted - lease.consumed, 0.0) if other_starving else 0.0
         contended = False
         if s.need > 0 and extra < s.need:
-            self._starved[pool] = (holder, now + STARVED_S)
-            contended = any(
-                max(other.granted - other.consumed, 0.0) > 0
+            shortfall = s.need - max(s.spare, 0.0) - extra
+            # What the others hold beyond what they consumed: unused slices, and reservations of
+            # calls in flight, which settle at or below their worst case.
+            others = sum(
+                max(other.granted - other.consumed, 0.0)
                 for (h, lid, group), other in self._leases.items()
-                if lid == s.limit and group == s.group and h != holder
+                if lid == s.limit and group == s.group and h != holder and other.window == window
             )
-            self.counters["reclaims"] += int(contended)
+            contended = shortfall > 0 and others >= shortfall
+            if contended:
+                self._starved[pool] = (holder, now + STARVED_S)
+                self.counters["reclaims"] += 1
         elif starved is not None and starved[0] == holder:
             del self._starved[pool]
         return Grant(

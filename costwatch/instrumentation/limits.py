@@ -3,7 +3,8 @@
 The daemon (`costwatch.daemon.leases`) hands this process *slices* of each
 pool (a hard budget in USD or tokens, a rate limit's requests or tokens per
 window). Before a call leaves, `Limiter.admit` reserves the call's worst case
-from every slice that covers it — input ≈ request body bytes / 4 tokens,
+from every slice that covers it — input bounded per request shape
+(`costwatch.instrumentation.bounds`: body bytes for text, formulas for media),
 output = ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens``
 (the rule's ``default_max_tokens`` when the request sets none), priced at the
 model's per-token rates that the daemon sends. When usage is known (on the
@@ -45,6 +46,7 @@ import msgspec
 
 from costwatch.errors import BudgetExhausted, CallBlocked, RateLimited
 from costwatch.instrumentation import exit_budget
+from costwatch.instrumentation.bounds import input_bound
 from costwatch.instrumentation.killswitch import sdk_error
 from costwatch.instrumentation.providers import AZURE_OPENAI, azure_deployment
 from costwatch.instrumentation.record import CallRecord, guard
@@ -57,7 +59,7 @@ log = logging.getLogger("costwatch.limits")
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 _USER_RE = re.compile(rb'"(?:user|user_id)"\s*:\s*"([^"\\]{1,256})"')
 _MAX_RE = re.compile(rb'"max(?:_completion|_output)?_tokens"\s*:\s*(\d{1,9})')
-BYTES_PER_TOKEN = 4
+CACHE_WRITE_FACTOR = 2  # Anthropic bills a 1-hour cache write at 2x the input rate (5-minute: 1.25x)
 
 
 class _Limit(msgspec.Struct, kw_only=True):
@@ -197,7 +199,18 @@ class LimitedCallRecord(CallRecord):
 class _Call:
     """What admission needs to know about one request, read once from its body."""
 
-    __slots__ = ("app", "body", "deadline", "limiter", "model", "provider", "started", "target", "user")
+    __slots__ = (
+        "app",
+        "body",
+        "deadline",
+        "inp",
+        "limiter",
+        "model",
+        "provider",
+        "started",
+        "target",
+        "user",
+    )
 
     def __init__(
         self, limiter: Limiter, app: str, provider: str, model: str | None, user: str | None, body: bytes
@@ -211,6 +224,7 @@ class _Call:
         self.target = -1  # the exchange whose answer this call waits for
         self.started = time.monotonic()
         self.deadline: float | None = None  # on_exceed: wait
+        self.inp = -1  # the input bound, computed once (`bounds.input_bound`) when a limit needs it
 
 
 class Limiter:
@@ -479,10 +493,14 @@ class Limiter:
             return 0.0, prices, None
         match = _MAX_RE.search(call.body)
         out = int(match.group(1)) if match else limit.default_max_tokens
-        inp = -(-len(call.body) // BYTES_PER_TOKEN)
+        inp = call.inp
+        if inp < 0:
+            inp = call.inp = input_bound(call.body, call.provider, call.model)
         if limit.measure == "tokens":
             return float(inp + out), prices, None
         assert prices is not None
+        if b'"cache_control"' in call.body:  # every input token may be a cache write (1-hour: 2x input)
+            inp *= CACHE_WRITE_FACTOR
         return inp * prices[0] + out * prices[1] + prices[2], prices, None
 
     # -- emitter thread: settlement ------------------------------------------------------
@@ -505,7 +523,7 @@ class Limiter:
                         actual = float(inp + out)
                     elif ticket.prices is not None:
                         p = ticket.prices
-                        actual = inp * p[0] + out * p[1] + p[2]
+                        actual = (inp + _write_premium(event)) * p[0] + out * p[1] + p[2]
                     else:
                         actual = amount
                     piece.reserved = max(piece.reserved - amount, 0.0)
@@ -577,6 +595,7 @@ class Limiter:
                         "consumed": consumed,
                         "want": want,
                         "need": piece.need if not idle else 0.0,
+                        "spare": max(piece.available, 0.0),
                     }
                 )
                 sent.append((piece, consumed))
@@ -747,6 +766,17 @@ def _outcome(record: LimitedCallRecord, outcome: Ticket | CallBlocked) -> CallBl
     record.block_reason = str(outcome)
     record.finish("blocked")
     return outcome
+
+
+def _write_premium(event: Any) -> float:
+    """Cache writes cost more than input (5-minute: 1.25x, 1-hour: 2x): the extra, in input tokens."""
+    total = getattr(event, "cache_write_tokens", None) or 0
+    if not total:
+        return 0.0
+    hour = getattr(event, "cache_write_1h_tokens", None) or 0
+    five = getattr(event, "cache_write_5m_tokens", None)
+    five = total - hour if five is None else five
+    return 0.25 * five + 1.0 * max(total - five, 0)  # unsplit writes: at the 1-hour premium
 
 
 def _amount(value: float, measure: str) -> str:

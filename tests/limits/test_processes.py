@@ -62,6 +62,18 @@ def test_hammering_a_hard_budget(tmp_path: Path, reserve: bool) -> None:
             assert spend > 0.40  # what checking against spend already made does under concurrency
 
 
+def test_mixed_request_shapes_never_overshoot(tmp_path: Path) -> None:
+    """Images (by URL and inline), CJK text and tools, where input dominates the cost: the fake
+    charges each shape's documented worst (harness.prompt_tokens); body bytes / 4 overshot here
+    (docs/limits.md, measured overshoot)."""
+    cfg = {**HAMMER, "max_tokens": [16, 64], "shapes": ["text", "cjk", "image_url", "image_inline", "tools"]}
+    with rig(tmp_path, _budget(0.10)) as r:
+        results = r.run(3, cfg)
+        assert sum(x["budget"] for x in results) > 0  # the budget ran out
+        assert r.fake.count == sum(x["ok"] for x in results)
+        assert r.spend() <= 0.10
+
+
 def test_streams_settle_when_they_end(tmp_path: Path) -> None:
     """Streamed calls reserve up front and settle from the final usage chunk (emitter thread)."""
     with rig(tmp_path, _budget(0.004)) as r:
