@@ -29,7 +29,17 @@ rules:
 """
 
 
-def one_run(processes: int, threads: int, calls: int, budget: float, reserve: bool, model: str) -> dict:
+def one_run(
+    processes: int,
+    threads: int,
+    calls: int,
+    budget: float,
+    reserve: bool,
+    model: str,
+    shapes: list[str] | None = None,
+    old_bound: bool = False,
+    max_tokens: tuple[int, int] = (200, 2000),
+) -> dict:
     with (
         tempfile.TemporaryDirectory() as tmp,
         rig(Path(tmp), RULES.format(budget=budget, reserve=str(reserve).lower())) as r,
@@ -41,8 +51,10 @@ def one_run(processes: int, threads: int, calls: int, budget: float, reserve: bo
                 "threads": threads,
                 "calls": calls,
                 "model": model,
-                "max_tokens": [200, 2000],
+                "max_tokens": list(max_tokens),
                 "scenario": "slow:0.03",
+                "shapes": shapes,
+                "old_bound": old_bound,
             },
             timeout=300,
         )
@@ -113,9 +125,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--model", default="gpt-4o")
     parser.add_argument("--hot-path", action="store_true", help="only time admit + settle in-process")
+    parser.add_argument(
+        "--shapes",
+        default="",
+        help="mixed request shapes (text,cjk,image_url,image_inline,tools): compares the input bound"
+        " with the former body bytes / 4, reservations on in both",
+    )
+    parser.add_argument("--max-tokens", default="200,2000", help="lo,hi: random max_tokens per call")
     args = parser.parse_args()
     if args.hot_path:
         hot_path()
+        return
+    if args.shapes:
+        shapes(args)
         return
     print(
         f"{args.processes} processes x {args.threads} threads x {args.calls} calls, model {args.model}, "
@@ -141,6 +163,32 @@ def main() -> None:
             f"reservations {'on ' if reserve else 'off'}: overshoot max {max(overshoots):.1%}, "
             f"median {statistics.median(overshoots):.1%}"
         )
+
+
+def shapes(args: argparse.Namespace) -> None:
+    """Mixed shapes: the fake charges each shape's documented worst (tests/limits/harness.prompt_tokens)."""
+    kinds = args.shapes.split(",")
+    print(
+        f"{args.processes} processes x {args.threads} threads x {args.calls} calls, model {args.model}, shapes "
+        f"{'/'.join(kinds)}, max_tokens {args.max_tokens.replace(',', '-')}, hard budget ${args.budget:.2f}, {args.runs} runs each"
+    )
+    print(
+        f"{'input bound':<18} {'run':>3} {'recorded $':>11} {'overshoot':>10} {'admitted':>9} {'refused':>8} {'s':>6}"
+    )
+    for old in (False, True):
+        overshoots = []
+        for i in range(args.runs):
+            lo, hi = (int(x) for x in args.max_tokens.split(","))
+            res = one_run(
+                args.processes, args.threads, args.calls, args.budget, True, args.model, kinds, old, (lo, hi)
+            )
+            overshoots.append(res["overshoot"])
+            label = "body bytes / 4" if old else "per shape (now)"
+            print(
+                f"{label:<18} {i + 1:>3} {res['spend']:>11.4f} {res['overshoot']:>9.1%} "
+                f"{res['ok']:>9} {res['refused']:>8} {res['elapsed']:>6.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

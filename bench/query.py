@@ -74,8 +74,12 @@ _PRICE_IN = "[0.15,2.5,2.0,1.1,0.02,3.0,0.8,15.0]"
 _PRICE_OUT = "[0.6,10.0,8.0,4.4,0.0,15.0,4.0,75.0]"
 
 
-def generate(path: Path, n: int, days: float = 60.0) -> float:
-    """``n`` time-ordered rows over the last ``days`` days; returns seconds taken."""
+def generate(path: Path, n: int, days: float = 60.0, ids: str = "uuidv7()::VARCHAR") -> float:
+    """``n`` time-ordered rows over the last ``days`` days; returns seconds taken.
+
+    ``ids`` is the SQL expression of the ``id`` column (``i`` is the row number,
+    ``ms`` the row's ``ts_start`` in epoch milliseconds).
+    """
     import duckdb
     from costwatch.daemon.store import ALL_COLUMNS, migrate
 
@@ -86,7 +90,7 @@ def generate(path: Path, n: int, days: float = 60.0) -> float:
     end = time.time()
     start = end - days * 86_400
     exprs = {
-        "id": "uuidv7()::VARCHAR",
+        "id": ids.replace("ms", f"CAST(({start} + i * {days * 86_400 / n}) * 1000 AS BIGINT)"),
         "call_id": "uuidv7()::VARCHAR",
         "ts_start": f"to_timestamp({start} + i * {days * 86_400 / n})",
         "ts_end": f"to_timestamp({start} + i * {days * 86_400 / n} + lat / 1000.0)",

@@ -4,7 +4,7 @@ Per round: a process writes ``events`` events into the spool with
 ``costwatch.instrumentation.spool.Spool`` (as the emitter does while the daemon
 is down: 2k-event batches) and exits; a daemon starts; a fresh process starts
 an `Emitter` with default settings (except ``spool_max_bytes``, raised so 1M
-events fit: the default 256 MB holds ~400k of these events) and replays. Drain time is from the
+events fit whatever the compression) and replays. Drain time is from the
 emitter's start to the spool directory being empty; rows are counted after.
 """
 

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from costwatch.money import fmt_usd
+
 TYPE_CHECKING = False  # not `typing`'s: the light path does not import typing (see costwatch.sources)
 if TYPE_CHECKING:
     import http.client
@@ -597,14 +599,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         forecasts = client.request("GET", "/v1/budgets", timeout=10).get("budgets", [])
     print(f"events stored: {data['events']}")
     print(
-        f"spend today: ${data['spend_today_usd']:.4f}   "
-        f"month to date: ${data['spend_month_usd']:.4f} ({data['timezone']})"
+        f"spend today: {fmt_usd(data['spend_today_usd'])}   "
+        f"month to date: {fmt_usd(data['spend_month_usd'])} ({data['timezone']})"
     )
     print(f"unpriced events: {data['unpriced']}   without usage: {data['usage_missing']}")
     if "usage_estimated" in data:  # an older daemon does not report it
         print(
             f"estimated usage: {data['usage_estimated']} events"
-            f" (${data['spend_month_estimated_usd']:.4f} of this month's spend)"
+            f" ({fmt_usd(data['spend_month_estimated_usd'])} of this month's spend)"
         )
     for line in _forecast_lines(forecasts):
         print(line)
@@ -704,11 +706,16 @@ def _forecast_lines(forecasts: list[dict[str, Any]]) -> list[str]:
     """One line per budget (and group): spent vs limit and the burn-rate projection."""
     lines = []
     for item in forecasts:
-        unit = "$" if item.get("unit", "usd") == "usd" else ""
+        usd = item.get("unit", "usd") == "usd"
         for group in item.get("groups", []):
             where = f" [{group['scope']}]" if group.get("scope") else ""
+            spent, limit = (
+                (fmt_usd(group["spent"]), fmt_usd(item["limit"]))
+                if usd
+                else (f"{group['spent']:,.4f}", f"{item['limit']:,.2f}")
+            )
             lines.append(
-                f"budget {item['rule']}{where}: {unit}{group['spent']:,.4f} of {unit}{item['limit']:,.2f}"
+                f"budget {item['rule']}{where}: {spent} of {limit}"
                 f" ({100 * group['used_ratio']:.0f}%); {group['summary']}"
             )
     return lines

@@ -29,6 +29,7 @@ from costwatch.daemon.rules import (
     ThresholdRule,
     parse_duration,
 )
+from costwatch.money import fmt_usd
 from costwatch.protocol import SCOPE_KEYS, KillSwitch
 
 log = logging.getLogger("costwatch.rules")
@@ -194,7 +195,7 @@ def fmt_amount(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"
     if unit == "usd":
-        return f"${value:,.2f}"
+        return fmt_usd(value)
     if unit == "tokens":
         return f"{value:,.0f} tokens"
     if unit == "ratio":
@@ -202,7 +203,7 @@ def fmt_amount(value: float | None, unit: str) -> str:
     if unit == "ms":
         return f"{value:,.0f} ms"
     if unit == "usd/h":
-        return f"${value:,.2f}/h"
+        return fmt_usd(value, "/h")
     return f"{value:g}"
 
 
@@ -972,7 +973,7 @@ class BacktestReport:
             lines.append(
                 f"  kill {k['source']} {scope_key(k['scope'])} at {k['engaged_at'].isoformat()} until "
                 f"{k['until'].isoformat()}: {k['blocked_calls']} calls blocked "
-                f"(${k['blocked_cost_usd']:,.2f} not spent)"
+                f"({fmt_usd(k['blocked_cost_usd'])} not spent)"
             )
         return "\n".join(lines)
 

@@ -17,8 +17,20 @@ outstanding grant: never in neither. Leases expire after the rule's
 pool. One lock serializes grants (the spend query runs inside it): two
 processes can never be handed the same dollar.
 
-Rate limits count in fixed windows aligned to the epoch (``window: 1m`` =
-every whole minute); a slice is only valid inside its window.
+No slice is stranded: when a holder's waiting calls do not fit, the pool is marked
+*starved* for a second; every other holder's next grant asks it to hand back what it
+does not use (``reclaim``) and gives it nothing beyond what its own waiting calls need,
+and the starved holder is told (``contended``) that its calls should ask again rather
+than be refused (they wait at most the client's ``exchange_wait_s``).
+
+Rate limits slide: the window is cut into ``k`` sub-windows (up to 10, each at
+least a second: ``window: 1m`` = 6 s steps) aligned to the epoch, a slice is
+only valid inside its sub-window, and a grant counts what the previous ``k``
+sub-windows used as well as the current one. Any span of one window length
+overlaps at most ``k + 1`` consecutive sub-windows, so no such span — wherever
+it starts — holds more than the limit (fixed windows let a burst at the end of
+one window and the start of the next reach twice the limit). The price:
+sustained throughput is at most ``k / (k + 1)`` of the limit (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -51,6 +63,9 @@ log = logging.getLogger("costwatch.leases")
 
 MAX_BODY = 1024 * 1024
 _PROBE_TOKENS = 10_000_000  # large enough to reach the top price tier: worst-case rates
+STARVED_S = 1.0  # others keep handing back surplus this long after a holder's calls last did not fit
+MAX_SUBWINDOWS = 10  # a rate limit's window is cut into at most this many steps ...
+MIN_SUBWINDOW_S = 1.0  # ... each at least this long
 
 
 # -- wire shapes (the client in costwatch.instrumentation.limits mirrors them) ----------------
@@ -82,6 +97,7 @@ class SliceRequest(msgspec.Struct, kw_only=True):
     want: float = 0.0  # how much more it asks for
     need: float = 0.0  # of which calls waiting right now need at least this much
     lease: int = 0  # the lease id these numbers belong to (0: none yet)
+    spare: float = -1.0  # granted and not reserved by any call (-1: not reported, an older client)
 
 
 class LeaseRequest(msgspec.Struct, kw_only=True):
@@ -102,6 +118,8 @@ class Grant(msgspec.Struct, kw_only=True):
     free: float  # still free in the pool after this grant (for messages and waits)
     known: bool = True  # False: no such limit any more (rule removed)
     lease: int = 0  # a new id means a new lease: the client starts counting from zero
+    reclaim: float = 0.0  # another holder's calls are refused: hand back this much (what is unused)
+    contended: bool = False  # this holder's calls are refused while others hold surplus: ask again
 
 
 class LeaseReply(msgspec.Struct, kw_only=True):
@@ -118,6 +136,7 @@ class _Lease:
     id: int
     window: str
     window_end: float  # epoch seconds (inf: a rolling window)
+    span_s: float = 0.0  # a rate limit's whole window: its sub-window counts this long after it ends
     granted: float = 0.0
     consumed: float = 0.0
     expires_at: float = 0.0
@@ -144,11 +163,13 @@ class LeaseService:
         self.tz = ZoneInfo(timezone_name)
         self._lock = threading.Lock()
         self._leases: dict[tuple[str, str, str], _Lease] = {}  # (holder, limit id, group)
-        # rate limits: (limit, group, window) -> (used by ended leases, window end)
+        # rate limits: (limit, group, sub-window) -> (used by ended leases, when it stops counting)
         self._used: dict[tuple[str, str, str], tuple[float, float]] = {}
         self._price_cache: dict[str, list[float] | None] = {}
+        # (limit, group) -> (holder whose calls did not fit, until): the others hand back surplus
+        self._starved: dict[tuple[str, str], tuple[str, float]] = {}
         self._next_id = 0
-        self.counters = {"exchanges": 0, "expired": 0, "granted": 0, "refused": 0, "errors": 0}
+        self.counters = {"exchanges": 0, "expired": 0, "granted": 0, "refused": 0, "errors": 0, "reclaims": 0}
         # Fleet budgets (`fleet: true`): f(rule, group, window, recorded, outstanding, want) -> what
         # this host may use in all, leased from Postgres (costwatch.daemon.fleet.budgets). None: no
         # fleet mode, and a fleet budget grants nothing (fails closed).
@@ -253,25 +274,57 @@ class LeaseService:
         window, left, start, end = self._window(rule, now)
         lease = self._leases.get(key)
         if lease is not None and lease.window != window:
+            if s.lease == lease.id:  # the holder's last numbers for the window that ended
+                lease.consumed = max(lease.consumed, s.consumed)
             self._retire(key, self._leases.pop(key), expired=False)
             lease = None
         if lease is None:
             self._next_id += 1
             window_end = now + left if left is not None else math.inf
-            lease = self._leases[key] = _Lease(self._next_id, window, window_end)
+            span = _span(rule) if isinstance(rule, RateLimitRule) else 0.0
+            lease = self._leases[key] = _Lease(self._next_id, window, window_end, span)
         elif s.lease == lease.id:  # numbers of an older lease (expired meanwhile) mean nothing here
             lease.granted = min(lease.granted, max(s.granted, 0.0))
             lease.consumed = max(lease.consumed, s.consumed)
         lease.expires_at = now + limit.ttl_s
         free, holders = self._free(limit, rule, s, window, start, end, now, spend_cache)
-        # Fair share: one process may take 1/holders of what is free, or what a waiting call needs.
-        share = max(free, 0.0) / max(holders, 1)
+        pool = (s.limit, s.group)
+        starved = self._starved.get(pool)
+        if starved is not None and starved[1] < now:
+            del self._starved[pool]
+            starved = None
+        other_starving = starved is not None and starved[0] != holder
+        # Fair share: one process may take 1/holders of what is free, or what a waiting call needs;
+        # while another holder's calls are refused, only what a waiting call needs.
+        share = 0.0 if other_starving else max(free, 0.0) / max(holders, 1)
         extra = min(max(s.want, 0.0), max(share, min(s.need, free)), max(free, 0.0))
         if limit.measure == "requests":
             extra = math.floor(extra)
         lease.granted += extra
         self.counters["granted" if extra > 0 else "refused"] += 1
+        # No budget stranded: a holder whose calls do not fit, while the others' unused slices
+        # would cover them, makes every other holder hand back what it does not use (at their
+        # next renewal, <= 0.2 s); its calls ask again meanwhile.
+        reclaim = max(lease.granted - lease.consumed, 0.0) if other_starving else 0.0
+        contended = False
+        if s.need > 0 and extra < s.need:
+            shortfall = s.need - max(s.spare, 0.0) - extra
+            # What the others hold beyond what they consumed: unused slices, and reservations of
+            # calls in flight, which settle at or below their worst case.
+            others = sum(
+                max(other.granted - other.consumed, 0.0)
+                for (h, lid, group), other in self._leases.items()
+                if lid == s.limit and group == s.group and h != holder and other.window == window
+            )
+            contended = shortfall > 0 and others >= shortfall
+            if contended:
+                self._starved[pool] = (holder, now + STARVED_S)
+                self.counters["reclaims"] += 1
+        elif starved is not None and starved[0] == holder:
+            del self._starved[pool]
         return Grant(
+            reclaim=reclaim,
+            contended=contended,
             limit=s.limit,
             group=s.group,
             window=window,
@@ -310,8 +363,16 @@ class LeaseService:
                 limit_value = fleet(rule, s.group, window, recorded, outstanding, s.want) if fleet else 0.0
             return limit_value - recorded - outstanding, len(live)
         cap = float(rule.requests if limit.measure == "requests" else rule.tokens or 0)
-        used = self._used.get((limit.id, s.group, window), (0.0, 0.0))[0]
-        return cap - used - sum(max(lease.granted, lease.consumed) for lease in live), len(live)
+        # Sliding: this sub-window and the k before it (any span of one window overlaps k + 1).
+        current = int(window)
+        counted = {str(i) for i in range(current - _subwindows(rule), current + 1)}
+        used = sum(self._used.get((limit.id, s.group, w), (0.0, 0.0))[0] for w in counted)
+        held = sum(
+            max(lease.granted, lease.consumed)
+            for (_, lid, group), lease in self._leases.items()
+            if lid == limit.id and group == s.group and lease.window in counted
+        )
+        return cap - used - held, len(live)
 
     def _recorded(
         self, rule: BudgetRule, start: datetime | None, end: datetime | None, now: float
@@ -325,9 +386,9 @@ class LeaseService:
     ) -> tuple[str, float | None, datetime | None, datetime | None]:
         """(window id, seconds left, start, end) of the window containing ``now``."""
         if isinstance(rule, RateLimitRule):
-            span = parse_duration(rule.window).total_seconds()
-            index = math.floor(now / span)
-            return str(index), (index + 1) * span - now, None, None
+            step = _span(rule) / _subwindows(rule)
+            index = math.floor(now / step)
+            return str(index), (index + 1) * step - now, None, None
         tz = ZoneInfo(rule.timezone) if rule.timezone else self.tz
         start, end, window_id = window_bounds(rule, datetime.fromtimestamp(now, tz=timezone.utc), tz)
         left = end.timestamp() - now if end is not None else None
@@ -350,7 +411,7 @@ class LeaseService:
         if "/" in key[1]:
             ukey = (key[1], key[2], lease.window)
             used = max(lease.granted, lease.consumed) if expired else lease.consumed
-            self._used[ukey] = (self._used.get(ukey, (0.0, 0.0))[0] + used, lease.window_end)
+            self._used[ukey] = (self._used.get(ukey, (0.0, 0.0))[0] + used, lease.window_end + lease.span_s)
 
     def outstanding(self, limit_id: str, group: str) -> float:
         """Granted but not yet consumed, over live leases (tests and status)."""
@@ -419,6 +480,15 @@ class LeaseService:
             return {k: v for k, (_, v) in values.items()}
 
         return cls(rules, spend, pricer_rates(daemon.pricer), timezone_name=settings.timezone)
+
+
+def _span(rule: RateLimitRule) -> float:
+    return parse_duration(rule.window).total_seconds()
+
+
+def _subwindows(rule: RateLimitRule) -> int:
+    """k: sub-windows per window, up to 10 and each at least a second (renewals come every 0.2 s)."""
+    return max(1, min(MAX_SUBWINDOWS, math.floor(_span(rule) / MIN_SUBWINDOW_S)))
 
 
 def lease_routes(daemon: Any) -> list[Route]:

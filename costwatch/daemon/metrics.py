@@ -107,6 +107,18 @@ class DaemonMetrics:
             _MLABELS,
             registry=r,
         )
+        self.rl_limit_requests = Gauge(
+            "costwatch_llm_ratelimit_limit_requests",
+            "Last seen request limit of the provider's rate-limit window (headroom = remaining / limit).",
+            _MLABELS,
+            registry=r,
+        )
+        self.rl_limit_tokens = Gauge(
+            "costwatch_llm_ratelimit_limit_tokens",
+            "Last seen token limit of the provider's rate-limit window (headroom = remaining / limit).",
+            _MLABELS,
+            registry=r,
+        )
         self.ingested = Counter("costwatch_ingest_events", "Events stored.", registry=r)
         self.duplicates = Counter("costwatch_ingest_duplicates", "Duplicate events ignored.", registry=r)
         self.rejected = Counter("costwatch_ingest_rejected", "Events refused by validation.", registry=r)
@@ -181,8 +193,9 @@ class DaemonMetrics:
             g = groups.get(key)
             if g is None:
                 # requests, input, output, cached, cache_write, reasoning, cost, priced?, unpriced,
-                # latencies, ttfts, last remaining requests, last remaining tokens, estimated
-                g = groups[key] = [0, 0, 0, 0, 0, 0, 0.0, False, 0, [], [], None, None, 0]
+                # latencies, ttfts, last remaining requests, last remaining tokens, estimated,
+                # last request limit, last token limit
+                g = groups[key] = [0, 0, 0, 0, 0, 0, 0.0, False, 0, [], [], None, None, 0, None, None]
             g[0] += 1
             g[1] += event.input_tokens or 0
             g[2] += event.output_tokens or 0
@@ -204,6 +217,10 @@ class DaemonMetrics:
                 g[11] = event.ratelimit_remaining_requests
             if event.ratelimit_remaining_tokens is not None:
                 g[12] = event.ratelimit_remaining_tokens
+            if event.ratelimit_limit_requests is not None:
+                g[14] = event.ratelimit_limit_requests
+            if event.ratelimit_limit_tokens is not None:
+                g[15] = event.ratelimit_limit_tokens
         for (provider, model, app, request_model, http_status, error_class), g in groups.items():
             labels = (provider, model, app)
             status, error = status_class(http_status), error_class or "none"
@@ -229,6 +246,10 @@ class DaemonMetrics:
                 child(self.rl_requests, *labels).set(g[11])
             if g[12] is not None:
                 child(self.rl_tokens, *labels).set(g[12])
+            if g[14] is not None:
+                child(self.rl_limit_requests, *labels).set(g[14])
+            if g[15] is not None:
+                child(self.rl_limit_tokens, *labels).set(g[15])
 
     def client_dropped_header(self, header: str) -> None:
         """Parse ``x-costwatch-dropped: reason=n,...`` from a client and count it."""

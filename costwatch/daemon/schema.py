@@ -108,7 +108,7 @@ def stored_columns() -> dict[str, str]:
 # field added to the event would have changed what migration 1 creates (and clashed with the
 # migration that adds it). No PRIMARY KEY: the ART index it builds made the file ~5x larger
 # (4M UUIDv7 ids: 322 MB vs 66 MB) and inserts ~16% slower. The store dedupes instead with an
-# anti-join on the batch's ts_start range (zone maps; ~6 ms per 10k ids at 4M rows).
+# anti-join on the batch's id ranges (zone maps on time-ordered UUIDv7 ids; store.id_ranges).
 _USAGE_EVENTS_V1 = """CREATE TABLE usage_events (
     id VARCHAR NOT NULL,
     call_id VARCHAR,

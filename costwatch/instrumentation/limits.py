@@ -3,7 +3,8 @@
 The daemon (`costwatch.daemon.leases`) hands this process *slices* of each
 pool (a hard budget in USD or tokens, a rate limit's requests or tokens per
 window). Before a call leaves, `Limiter.admit` reserves the call's worst case
-from every slice that covers it — input ≈ request body bytes / 4 tokens,
+from every slice that covers it — input bounded per request shape
+(`costwatch.instrumentation.bounds`: body bytes for text, formulas for media),
 output = ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens``
 (the rule's ``default_max_tokens`` when the request sets none), priced at the
 model's per-token rates that the daemon sends. When usage is known (on the
@@ -45,6 +46,7 @@ import msgspec
 
 from costwatch.errors import BudgetExhausted, CallBlocked, RateLimited
 from costwatch.instrumentation import exit_budget
+from costwatch.instrumentation.bounds import input_bound
 from costwatch.instrumentation.killswitch import sdk_error
 from costwatch.instrumentation.providers import AZURE_OPENAI, azure_deployment
 from costwatch.instrumentation.record import CallRecord, guard
@@ -57,7 +59,7 @@ log = logging.getLogger("costwatch.limits")
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 _USER_RE = re.compile(rb'"(?:user|user_id)"\s*:\s*"([^"\\]{1,256})"')
 _MAX_RE = re.compile(rb'"max(?:_completion|_output)?_tokens"\s*:\s*(\d{1,9})')
-BYTES_PER_TOKEN = 4
+CACHE_WRITE_FACTOR = 2  # Anthropic bills a 1-hour cache write at 2x the input rate (5-minute: 1.25x)
 
 
 class _Limit(msgspec.Struct, kw_only=True):
@@ -84,6 +86,8 @@ class _Grant(msgspec.Struct, kw_only=True):
     free: float
     known: bool = True
     lease: int = 0
+    reclaim: float = 0.0
+    contended: bool = False
 
 
 class _Reply(msgspec.Struct, kw_only=True):
@@ -104,6 +108,7 @@ class _Slice:
     """This process's share of one pool (limit, group, window)."""
 
     __slots__ = (
+        "contended",
         "demand",
         "free",
         "granted",
@@ -136,6 +141,7 @@ class _Slice:
         self.valid_until = 0.0  # monotonic: lease expiry or window end, whichever first
         self.window_end = 0.0
         self.free = math.inf  # the pool's free amount at the last exchange
+        self.contended = False  # others hold surplus the daemon is reclaiming for our waiting calls
         self.need = 0.0  # asked for by calls that did not fit
         self.demand = 0.0  # reserved since the last exchange (sizes the next slice)
         self.rate = 0.0  # per second, smoothed
@@ -193,7 +199,18 @@ class LimitedCallRecord(CallRecord):
 class _Call:
     """What admission needs to know about one request, read once from its body."""
 
-    __slots__ = ("app", "body", "deadline", "limiter", "model", "provider", "started", "target", "user")
+    __slots__ = (
+        "app",
+        "body",
+        "deadline",
+        "inp",
+        "limiter",
+        "model",
+        "provider",
+        "started",
+        "target",
+        "user",
+    )
 
     def __init__(
         self, limiter: Limiter, app: str, provider: str, model: str | None, user: str | None, body: bytes
@@ -207,6 +224,7 @@ class _Call:
         self.target = -1  # the exchange whose answer this call waits for
         self.started = time.monotonic()
         self.deadline: float | None = None  # on_exceed: wait
+        self.inp = -1  # the input bound, computed once (`bounds.input_bound`) when a limit needs it
 
 
 class Limiter:
@@ -216,6 +234,7 @@ class Limiter:
     idle_s = 1.0  # and this often otherwise (to learn about new rules)
     horizon_s = 1.0  # a slice covers about this long at the recent rate
     exchange_wait_s = 2.0  # a call waits at most this long for an exchange it needs
+    min_gap_s = 0.01  # at least this long between two exchanges
     window_guard_s = 0.1  # stop admitting this long before a rate window ends (the call is still in flight)
     flush_timeout_s = 2.0
     connect_timeout_s = 0.5
@@ -369,8 +388,12 @@ class Limiter:
                     piece.last_amount = amount
                 return Ticket(self, wanted, prices)
             failing.last_amount = max(failing.last_amount, failing_amount)
-            if call.target >= 0 and self._completed >= call.target and failing.free > failing_amount:
-                call.target = -1  # the pool has room, other calls took this grant: ask again
+            if (
+                call.target >= 0
+                and self._completed >= call.target
+                and (failing.free > failing_amount or failing.contended)
+            ):
+                call.target = -1  # the pool has room (or others are handing surplus back): ask again
             if call.target < 0 or self._completed < call.target:
                 if call.target < 0:
                     call.target = self._started + 1
@@ -470,10 +493,14 @@ class Limiter:
             return 0.0, prices, None
         match = _MAX_RE.search(call.body)
         out = int(match.group(1)) if match else limit.default_max_tokens
-        inp = -(-len(call.body) // BYTES_PER_TOKEN)
+        inp = call.inp
+        if inp < 0:
+            inp = call.inp = input_bound(call.body, call.provider, call.model)
         if limit.measure == "tokens":
             return float(inp + out), prices, None
         assert prices is not None
+        if b'"cache_control"' in call.body:  # every input token may be a cache write (1-hour: 2x input)
+            inp *= CACHE_WRITE_FACTOR
         return inp * prices[0] + out * prices[1] + prices[2], prices, None
 
     # -- emitter thread: settlement ------------------------------------------------------
@@ -496,7 +523,7 @@ class Limiter:
                         actual = float(inp + out)
                     elif ticket.prices is not None:
                         p = ticket.prices
-                        actual = inp * p[0] + out * p[1] + p[2]
+                        actual = (inp + _write_premium(event)) * p[0] + out * p[1] + p[2]
                     else:
                         actual = amount
                     piece.reserved = max(piece.reserved - amount, 0.0)
@@ -517,8 +544,12 @@ class Limiter:
                 self.counters["exchange_failures"] += 1
                 log.debug("lease exchange failed: %r", exc)
             interval = self.renew_s if self._slices else self.idle_s
+            started = time.monotonic()
             if self._wake.wait(interval):
                 self._wake.clear()
+                gap = self.min_gap_s - (time.monotonic() - started)
+                if gap > 0:  # calls asking again while surplus comes back: not a busy loop
+                    time.sleep(gap)
 
     def _exchange(self) -> None:
         """Report consumption, renew or shrink slices, ask for what blocked calls need."""
@@ -564,6 +595,7 @@ class Limiter:
                         "consumed": consumed,
                         "want": want,
                         "need": piece.need if not idle else 0.0,
+                        "spare": max(piece.available, 0.0),
                     }
                 )
                 sent.append((piece, consumed))
@@ -629,6 +661,12 @@ class Limiter:
             piece.granted = grant.granted
             piece.reported = consumed
             piece.free = grant.free
+            piece.contended = grant.contended
+            if grant.reclaim > 0:  # another process's calls wait: hand back what is unused, now
+                back = min(grant.reclaim, max(piece.available, 0.0))
+                if back > 0:
+                    piece.granted -= back
+                    self._wake.set()
             expiry = t_sent + grant.ttl_s * 0.8  # the daemon's clock started later: stay inside it
             if grant.window_left_s is not None:
                 piece.window_end = t_sent + grant.window_left_s
@@ -728,6 +766,17 @@ def _outcome(record: LimitedCallRecord, outcome: Ticket | CallBlocked) -> CallBl
     record.block_reason = str(outcome)
     record.finish("blocked")
     return outcome
+
+
+def _write_premium(event: Any) -> float:
+    """Cache writes cost more than input (5-minute: 1.25x, 1-hour: 2x): the extra, in input tokens."""
+    total = getattr(event, "cache_write_tokens", None) or 0
+    if not total:
+        return 0.0
+    hour = getattr(event, "cache_write_1h_tokens", None) or 0
+    five = getattr(event, "cache_write_5m_tokens", None)
+    five = total - hour if five is None else five
+    return 0.25 * five + 1.0 * max(total - five, 0)  # unsplit writes: at the 1-hour premium
 
 
 def _amount(value: float, measure: str) -> str:

@@ -131,7 +131,7 @@ def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_pr
     status = cli(env, "status").stdout
     assert f"daemon: running at {url}" in status and "events stored: 30" in status
     assert f"database: {tmp_path / 'cw.duckdb'}" in status
-    assert "estimated usage: 0 events ($0.0000 of this month's spend)" in status
+    assert "estimated usage: 0 events ($0.00 of this month's spend)" in status
     assert "ENGAGED: scope app=test-app" in status and "runaway loop" in status
     export_dir = tmp_path / "export-live"
     cli(env, "export", "--parquet", str(export_dir))

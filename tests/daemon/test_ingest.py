@@ -6,9 +6,11 @@ import socket
 import time
 
 import httpx
+import msgspec
 import pytest
 
-from costwatch.events import encode_many
+from costwatch.daemon.store import id_ranges
+from costwatch.events import encode_many, new_event_id
 from costwatch.settings import PriceOverride
 from tests.daemon.conftest import make_event, post_events, sql
 
@@ -151,6 +153,33 @@ def test_duplicates_are_counted_not_stored(client: httpx.Client) -> None:
     assert (again["accepted"], again["duplicates"]) == (0, 3)
     assert sql(client, "SELECT count(*), count(DISTINCT id) FROM usage_events") == [[2, 2]]
     assert "costwatch_ingest_duplicates_total 3.0" in client.get("/metrics").text
+
+
+def test_a_resend_with_another_ts_start_is_a_duplicate(client: httpx.Client) -> None:
+    """Dedupe is by id alone: a copy whose ts_start moved (hours, or a non-UUIDv7 id) is not stored."""
+    now = time.time()
+    event = make_event(ts=now - 3 * 3600)
+    foreign = make_event(id="client-chosen-id-1", ts=now - 60)
+    assert post_events(client, [event, foreign]).json()["accepted"] == 2
+    moved = msgspec.structs.replace(event, ts_start=now, ts_end=now + 1)
+    moved_foreign = msgspec.structs.replace(foreign, ts_start=now - 7200, ts_end=now - 7199)
+    fresh = make_event(ts=now)
+    again = post_events(client, [moved, fresh, moved_foreign]).json()
+    assert (again["accepted"], again["duplicates"]) == (1, 2)
+    assert sql(client, "SELECT count(*), count(DISTINCT id) FROM usage_events") == [[3, 3]]
+
+
+def test_id_ranges_cluster_uuid7_times_and_keep_other_ids_in_one_range() -> None:
+    now = time.time()
+    live = sorted(new_event_id(now + i / 1000) for i in range(50))
+    replayed = sorted(new_event_id(now - 86_400 + i) for i in range(5))
+    other = ["a-client-id", "z-client-id"]
+    ranges = id_ranges(sorted([*live, *replayed, *other]))
+    assert ranges == [(replayed[0], replayed[-1]), (live[0], live[-1]), ("a-client-id", "z-client-id")]
+    many = sorted(new_event_id(now - 86_400 * i) for i in range(20))  # capped: never more than 8
+    ranges = id_ranges(many)
+    assert len(ranges) == 8 and ranges[0][0] == many[0] and ranges[-1][1] == many[-1]
+    assert all(any(lo <= i <= hi for lo, hi in ranges) for i in many)
 
 
 def test_bad_events_rejected_by_index_good_ones_stored(client: httpx.Client) -> None:

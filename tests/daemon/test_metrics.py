@@ -27,7 +27,8 @@ def _sum(samples: dict, name: str, **labels: str) -> float:
 def _populate(client: httpx.Client) -> None:
     events = [
         make_event(input_tokens=1000, cached_input_tokens=100, output_tokens=50, latency_ms=800, ttft_ms=120,
-                   http_status=200, ratelimit_remaining_requests=99, ratelimit_remaining_tokens=50_000),
+                   http_status=200, ratelimit_remaining_requests=99, ratelimit_remaining_tokens=50_000,
+                   ratelimit_limit_requests=100, ratelimit_limit_tokens=200_000),
         make_event(provider="anthropic", operation="messages", model="claude-sonnet-4-20250514",
                    input_tokens=3000, cache_write_tokens=1000, output_tokens=400, reasoning_tokens=100,
                    latency_ms=4000, http_status=200),
@@ -68,6 +69,8 @@ def test_metrics_match_sql(client: httpx.Client) -> None:
     assert _sum(m, "costwatch_llm_request_duration_seconds_bucket", le="1.0") == 3
     assert _sum(m, "costwatch_llm_time_to_first_token_seconds_count") == 1
     assert _sum(m, "costwatch_llm_ratelimit_remaining_requests", model="gpt-4o-mini") == 99
+    assert _sum(m, "costwatch_llm_ratelimit_limit_requests", model="gpt-4o-mini") == 100
+    assert _sum(m, "costwatch_llm_ratelimit_limit_tokens", model="gpt-4o-mini") == 200_000
     assert _sum(m, "costwatch_ingest_batches_total") == 1
     assert _sum(m, "costwatch_ingest_commit_seconds_count") == 1
     assert _sum(m, "costwatch_up") == 1

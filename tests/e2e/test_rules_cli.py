@@ -100,7 +100,7 @@ def test_reload_keeps_old_rules_on_error_then_backtest_and_status(tmp_path: Path
         out = run_cli(env, "status")
         assert out.returncode == 0, out.stderr
         assert (
-            "budget daily-usd [global]: $0.6000 of $1.00 (60%); at this pace the day budget runs out on"
+            "budget daily-usd [global]: $0.60 of $1.00 (60%); at this pace the day budget runs out on"
             in out.stdout
         )
         assert "budget monthly-usd" in out.stdout

@@ -6,6 +6,7 @@ import threading
 import time
 
 from costwatch.instrumentation.emitter import Emitter
+from costwatch.instrumentation.spool import segment_lines
 
 from .conftest import BadItem, Item, make_event
 
@@ -191,7 +192,7 @@ def _read_spool(emitter: Emitter):
 
     out = []
     for path in sorted(emitter._spool.directory.glob("*.ndjson")):
-        out += [decode(line) for line in path.read_bytes().splitlines() if line]
+        out += [decode(line) for line in segment_lines(path)]
     return out
 
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from costwatch.events import decode
+from costwatch.instrumentation.spool import segment_lines
 
 from .conftest import ROOT, Item
 
@@ -81,7 +82,7 @@ def test_exit_with_hanging_daemon_spools_within_the_deadline(sink, tmp_path):
     assert elapsed < 4.0
     spooled = []
     for path in (tmp_path / "state" / "spool").glob("*.ndjson"):
-        spooled += [decode(line).id for line in path.read_bytes().splitlines() if line]
+        spooled += [decode(line).id for line in segment_lines(path)]
     assert set(ids) <= set(spooled)
 
 
@@ -90,5 +91,5 @@ def test_exit_with_daemon_down_spools(sink, tmp_path):
     ids, _ = _run_script(sink.url, tmp_path / "state")
     spooled = []
     for path in (tmp_path / "state" / "spool").glob("*.ndjson"):
-        spooled += [decode(line).id for line in path.read_bytes().splitlines() if line]
+        spooled += [decode(line).id for line in segment_lines(path)]
     assert sorted(spooled) == sorted(ids)

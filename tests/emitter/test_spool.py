@@ -36,9 +36,10 @@ def test_cap_drops_oldest_and_counts(tmp_path):
 
 def test_single_batch_bigger_than_cap_keeps_newest(tmp_path):
     spool = Spool(tmp_path, max_bytes=2048)
-    events = [make_event() for _ in range(50)]
+    events = [make_event() for _ in range(1000)]  # > 2048 bytes even compressed
     written = spool.append(events)
-    assert 0 < written < 50 and spool.dropped == 50 - written
+    assert 0 < written < 1000 and spool.dropped == 1000 - written
+    assert spool.size <= 2048
     spool.seal()
     claim = spool.claim_next()
     assert _ids(claim) == [e.id for e in events[-written:]]
@@ -136,8 +137,9 @@ def test_two_recoverers_never_claim_the_same_file(tmp_path):
 
 def test_small_then_huge_append_keeps_the_newest(tmp_path):
     spool = Spool(tmp_path, max_bytes=4096)
-    spool.append([make_event()])  # a small open segment
-    events = [make_event() for _ in range(40)]  # > cap on its own
+    small = make_event()
+    spool.append([small])  # a small open segment
+    events = [make_event() for _ in range(40)]  # > cap on its own (uncompressed)
     written = spool.append(events)
     assert written > 0 and spool.size <= 4096
     spool.seal()
@@ -145,4 +147,57 @@ def test_small_then_huge_append_keeps_the_newest(tmp_path):
     while (claim := spool.claim_next()) is not None:
         survivors += _ids(claim)
         spool.done(claim)
-    assert survivors == [e.id for e in events[-written:]]
+    assert survivors[-written:] == [e.id for e in events[-written:]]
+    assert survivors[:-written] in ([], [small.id])  # compressed, the small segment may still fit
+
+
+def test_segments_are_zstd_and_hold_over_2m_events_in_256_mb(tmp_path):
+    """Realistic events (bench.eventgen, ~650 bytes of JSON each), spooled batch by batch."""
+    import time
+
+    from bench.eventgen import make_events
+
+    spool = Spool(tmp_path, max_bytes=256 * 1024 * 1024)
+    events = make_events(4000, time.time(), 7)
+    raw = sum(len(encode(e)) + 1 for e in events)
+    for start in range(0, 2000, 10):  # small appends (10 events: a quiet app's flush)
+        spool.append(events[start : start + 10])
+    for start in range(2000, 4000, 500):
+        spool.append(events[start : start + 500])
+    spool.seal()
+    size = sum(p.stat().st_size for p in tmp_path.glob("*.ndjson"))
+    assert all(p.read_bytes().startswith(b"\x28\xb5\x2f\xfd") for p in tmp_path.glob("*.ndjson"))
+    per_event = size / len(events)
+    assert raw / len(events) > 600 and per_event < 256 * 1024 * 1024 / 2_000_000  # < 134 bytes
+    claim = spool.claim_next()
+    assert _ids(claim) == [e.id for e in events] and claim.damaged == 0
+
+
+def test_a_torn_compressed_append_loses_only_itself(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    first, second = [make_event() for _ in range(5)], [make_event() for _ in range(5)]
+    spool.append(first)
+    path = next(tmp_path.glob("*.ndjson"))
+    intact = path.stat().st_size
+    spool.append(second)
+    torn = path.read_bytes()[: intact + (path.stat().st_size - intact) // 2]
+    spool.seal()  # (the writer "crashed": replace its file by the torn copy, no frame end)
+    path.write_bytes(torn)
+    claim = spool.claim_next()
+    assert _ids(claim) == [e.id for e in first]
+    spool.done(claim)
+    garbage = tmp_path / f"{2:020d}-999999-deadbeef.ndjson"  # a good block, then garbage
+    writer = Spool(tmp_path / "w", max_bytes=1 << 20)
+    writer.append(second)
+    writer.seal()
+    good = next((tmp_path / "w").glob("*.ndjson")).read_bytes()
+    garbage.write_bytes(good + b"\x28\xb5\x2f\xfd garbage")
+    claim = spool.claim_next()
+    assert _ids(claim) == [e.id for e in second] and claim.damaged == 1
+
+
+def test_uncompressed_segments_of_an_older_costwatch_are_replayed(tmp_path):
+    events = [make_event() for _ in range(3)]
+    (tmp_path / f"{4:020d}-1-0000beef.ndjson").write_bytes(b"".join(encode(e) + b"\n" for e in events))
+    claim = Spool(tmp_path, max_bytes=1 << 20).claim_next()
+    assert _ids(claim) == [e.id for e in events] and claim.damaged == 0

@@ -85,6 +85,43 @@ class Rig:
         return float(self.recorded("SELECT coalesce(sum(cost_usd), 0) FROM usage_events")[0][0])
 
 
+def prompt_tokens(req: dict) -> int:
+    """What the fake charges for a chat request's input, shape by shape, at the documented worst.
+
+    Text: its JSON / 4 for ASCII (as before), one token per non-ASCII character (CJK is about
+    one a character; bytes / 4 counts 0.75). Images: OpenAI's gpt-4o tile formula (85 + 170 a
+    512-px tile), by the inline PNG's size and the part's detail; an image by URL at the formula's
+    maximum (8 tiles). Tools: their JSON / 4 plus Anthropic's largest tool-use system prompt (530).
+    """
+    from costwatch.instrumentation.bounds import image_size, image_tokens
+
+    images = 0
+
+    def strip(node: Any) -> Any:
+        nonlocal images
+        if isinstance(node, list):
+            return [strip(x) for x in node]
+        if isinstance(node, dict):
+            if node.get("type") == "image_url" and isinstance(node.get("image_url"), dict):
+                url, detail = node["image_url"].get("url", ""), node["image_url"].get("detail")
+                size = None
+                if url.startswith("data:"):
+                    import base64
+
+                    size = image_size(base64.b64decode(url.partition(",")[2][:4096]))
+                images += image_tokens("openai", "gpt-4o", detail, size)
+                return {"type": "image_url"}
+            return {k: strip(v) for k, v in node.items()}
+        return node
+
+    text = json.dumps(strip(req.get("messages") or []), ensure_ascii=False)
+    ascii_chars = sum(1 for c in text if ord(c) < 128)
+    tokens = ascii_chars // 4 + (len(text) - ascii_chars) + images
+    if req.get("tools"):
+        tokens += len(json.dumps(req["tools"])) // 4 + 530
+    return max(1, tokens)
+
+
 def _scaled_body(original: Any) -> Any:
     rng = random.Random(7)
 
@@ -92,7 +129,7 @@ def _scaled_body(original: Any) -> Any:
         out = original(api, model, usage, req)
         if usage and api == "chat" and isinstance(req, dict):
             max_tokens = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
-            prompt = max(1, len(json.dumps(req.get("messages") or [])) // 4)
+            prompt = prompt_tokens(req)
             completion = rng.randint(max(1, max_tokens // 2), max_tokens)
             out["usage"] = {
                 "prompt_tokens": prompt,

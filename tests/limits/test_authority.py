@@ -111,9 +111,9 @@ rules:
 
 def test_rate_limit_windows_and_fair_shares(tmp_path: Path) -> None:
     service, clock = _service(tmp_path, RATE)
-    clock.now = 60 * 30_000_000 + 10.0  # 10 s into a minute
+    clock.now = 60 * 30_000_000 + 10.0  # 10 s into a minute: 4 s into the 6-s step [6, 12)
     a = _ask(service, "a", 8, limit="rpm/requests", group="user=u1", need=1)
-    assert a.granted == 8 and a.window_left_s == pytest.approx(50.0)
+    assert a.granted == 8 and a.window_left_s == pytest.approx(2.0)
     b = _ask(service, "b", 8, limit="rpm/requests", group="user=u1", need=1)
     assert b.granted == 1  # 2 left, two holders: a fair share of 1 (rounded down to whole requests)
     assert _ask(service, "b", 8, limit="rpm/requests", group="user=u2", need=1).granted == 8  # another user
@@ -128,12 +128,88 @@ def test_rate_limit_windows_and_fair_shares(tmp_path: Path) -> None:
     clock.now += 6
     c = _ask(service, "c", 5, limit="rpm/requests", group="user=u1", need=1)
     assert c.granted == 2
-    # The next minute starts from zero.
+    # The window slides: at 66 s a's step [6, 12) still counts ([6, 66) is one window plus a step) ...
     clock.now += 50
     d = _ask(
         service, "c", 5, limit="rpm/requests", group="user=u1", need=1, lease=c.lease, granted=2, consumed=2
     )
-    assert d.window != c.window and d.lease != c.lease and d.granted == 5
+    assert d.window != c.window and d.lease != c.lease and d.granted == 0
+    # ... at 72 s only c's 2 of [12, 18) do.
+    clock.now += 6
+    e = _ask(service, "c", 5, limit="rpm/requests", group="user=u1", need=1, lease=d.lease)
+    assert e.granted == 5 and e.free == 3
+
+
+def test_a_burst_across_the_window_edge_stays_within_the_limit(tmp_path: Path) -> None:
+    """Fixed windows let 10 calls at 59.9 s and 10 more at 60.1 s through: 2x the limit in 0.2 s."""
+    service, clock = _service(tmp_path, RATE)
+    minute = 60 * 30_000_000
+    clock.now = minute - 0.5
+    a = _ask(service, "a", 10, limit="rpm/requests", group="user=u1", need=10)
+    assert a.granted == 10
+    clock.now = minute - 0.1  # a reports all ten used, still inside its step
+    _ask(service, "a", 0, limit="rpm/requests", group="user=u1", lease=a.lease, granted=10, consumed=10)
+    clock.now = minute + 0.1  # the next fixed window
+    assert _ask(service, "b", 10, limit="rpm/requests", group="user=u1", need=1).granted == 0
+    first = None
+    while first is None:  # ask every half second until something is granted again
+        clock.now += 0.5
+        grant = _ask(service, "b", 10, limit="rpm/requests", group="user=u1", need=1)
+        if grant.granted > 0:
+            first = clock.now
+    # a's ten may have been used anywhere in its step [54, 60): nothing more until that step is a
+    # whole window behind, at 120 s; then the window holds b's grant alone.
+    assert minute + 60 <= first <= minute + 60.5
+
+
+def test_no_span_of_one_window_exceeds_the_limit(tmp_path: Path) -> None:
+    """Random holders, asks and reports; every granted unit counted at its grant time and at the end
+    of its step (a unit is used somewhere between): no 60-s span holds more than 10."""
+    rng = random.Random(19)
+    service, clock = _service(tmp_path, RATE)
+    clock.now = 60 * 30_000_000 + 0.0
+    state: dict[str, tuple[int, float]] = {}  # holder -> (lease, granted)
+    used: list[tuple[float, float, float]] = []  # (grant time, end of its step, amount)
+    for _ in range(3000):
+        clock.now += rng.expovariate(8.0)
+        holder = rng.choice("abcd")
+        lease, granted = state.get(holder, (0, 0.0))
+        grant = _ask(
+            service, holder, rng.randint(1, 4), limit="rpm/requests", group="user=u1", need=1,
+            lease=lease, granted=granted, consumed=granted,
+        )  # fmt: skip
+        fresh = grant.granted - (granted if grant.lease == lease else 0.0)
+        if fresh > 0:
+            used.append((clock.now, clock.now + grant.window_left_s, fresh))
+        state[holder] = (grant.lease, grant.granted)
+    # Not starved: ~6 minutes at 10 per 66 s (k = 10 steps of 6 s, 11 counted) -> ~57.
+    assert sum(u[2] for u in used) >= 10 * 5
+    for at in (0, 1):
+        times = sorted((u[at], u[2]) for u in used)
+        for i, (t0, _) in enumerate(times):
+            assert sum(n for t, n in times[i:] if t < t0 + 60) <= 10
+
+
+def test_a_refused_holder_gets_the_surplus_others_hold(tmp_path: Path) -> None:
+    """a sits on the whole budget; b's call does not fit: a is asked to hand back, b to ask again."""
+    service, clock = _service(tmp_path, BUDGET)
+    a = _ask(service, "a", 10, need=1)
+    assert a.granted == 10 and a.reclaim == 0
+    b = _ask(service, "b", 3, need=3)
+    assert b.granted == 0 and b.contended  # refused for now, but a holds surplus: wait for it
+    clock.now += 0.2
+    a2 = _ask(service, "a", 5, lease=a.lease, granted=10, consumed=2)  # a's renewal, wanting more
+    assert a2.reclaim == pytest.approx(8.0) and a2.granted == 10  # nothing more for a; 8 unused back
+    clock.now += 0.01
+    a3 = _ask(service, "a", 0, lease=a.lease, granted=2, consumed=2)  # a handed the 8 back
+    assert a3.granted == 2
+    b2 = _ask(service, "b", 3, lease=b.lease, need=3)
+    assert b2.granted >= 3 and not b2.contended
+    clock.now += 0.2  # b was served: a is not asked again
+    assert _ask(service, "a", 0, lease=a.lease, granted=2, consumed=2).reclaim == 0
+    # Nothing to hand back: b is refused without being told to wait.
+    service, _ = _service(tmp_path, BUDGET, {"global": 10.0})
+    assert not _ask(service, "b", 3, need=3).contended
 
 
 def test_unknown_limit_is_dropped(tmp_path: Path) -> None:

@@ -3,11 +3,14 @@
 ``python -m tests.limits.worker '<json config>'`` prints one JSON line of counts. Config keys:
 ``base_url``, ``threads``, ``calls`` (per thread), ``model``, ``max_tokens`` ([lo, hi], random per
 call), ``user``, ``users`` (a list: each call picks one), ``scenario`` (x-fake-scenario),
-``hold`` (sleep this long after the calls, before exiting), ``seed``.
+``hold`` (sleep this long after the calls, before exiting), ``seed``, ``shapes`` (request shapes
+to pick from per call: text, cjk, image_url, image_inline, tools), ``old_bound`` (reserve input
+as body bytes / 4, the bound before issue 19, for comparison).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import sys
@@ -35,6 +38,40 @@ def main() -> None:
     rng = random.Random(cfg.get("seed", 0))
     times: list[float] = []
 
+    if cfg.get("old_bound"):  # the reservation before issue 19, for comparison: body bytes / 4
+        import costwatch.instrumentation.limits as limits
+
+        limits.input_bound = lambda body, provider, model: -(-len(body) // 4)
+
+    def shaped(shape: str, kwargs: dict) -> object:
+        """A message's content of one shape (``shapes`` config: text, cjk, image_url, image_inline, tools)."""
+        if shape == "cjk":
+            return "東京都の天気は晴れです。" * rng.randint(1, 40)
+        if shape == "image_url":
+            detail = rng.choice(["high", "low", "auto"])
+            url = "https://img.example/cat.png"
+            return [
+                {"type": "text", "text": "what is it?"},
+                {"type": "image_url", "image_url": {"url": url, "detail": detail}},
+            ]
+        if shape == "image_inline":
+            w, h = rng.randint(64, 4096), rng.randint(64, 4096)
+            png = (
+                b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+                + w.to_bytes(4, "big")
+                + h.to_bytes(4, "big")
+                + bytes(rng.randint(100, 3000))
+            )
+            url = "data:image/png;base64," + base64.b64encode(png).decode()
+            return [{"type": "image_url", "image_url": {"url": url, "detail": rng.choice(["high", "low"])}}]
+        if shape == "tools":
+            kwargs["tools"] = [
+                {"type": "function", "function": {"name": f"tool_{i}", "description": "does a thing",
+                                                  "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}}
+                for i in range(rng.randint(1, 4))
+            ]  # fmt: skip
+        return "hello " * rng.randint(1, 40)
+
     sdk_error: type[Exception] = openai.OpenAIError
     if cfg.get("sdk") == "anthropic":
         import anthropic
@@ -48,8 +85,8 @@ def main() -> None:
         )
 
     def one(user: str | None) -> str:
-        kwargs = {"user": user} if user else {}
-        messages = [{"role": "user", "content": "hello " * rng.randint(1, 40)}]
+        kwargs: dict = {"user": user} if user else {}
+        messages = [{"role": "user", "content": shaped(rng.choice(cfg.get("shapes") or ["text"]), kwargs)}]
         try:
             if cfg.get("sdk") == "anthropic":
                 aclient.messages.create(model=cfg["model"], messages=messages, max_tokens=rng.randint(lo, hi))

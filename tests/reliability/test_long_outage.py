@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from costwatch.events import encode
 from costwatch.instrumentation.emitter import Emitter
+from costwatch.instrumentation.spool import segment_lines
 from costwatch.settings import ClientSettings
 from tests.emitter.conftest import Item, make_event
 from tests.support.processes import DaemonProcess, free_port
@@ -103,7 +104,7 @@ def test_long_outage_bounded_drops_reported_replay_idempotent(daemon: DaemonProc
         spool_dropped = stats["spool_dropped"]
         assert spool_dropped > 0
         on_disk = sorted((daemon.state_dir / "spool").glob("*.ndjson"))
-        survivors = [line for p in on_disk for line in p.read_bytes().splitlines() if line]
+        survivors = [line for p in on_disk for line in segment_lines(p)]
         copy = daemon.state_dir.parent / "spool-copy"
         shutil.copytree(daemon.state_dir / "spool", copy)
 

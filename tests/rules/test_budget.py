@@ -268,3 +268,29 @@ def test_rolling_per_user_kill_is_lifted_only_when_every_user_is_back_under(
     clock.advance(hours=12)
     assert {(t.scope["user"], t.state) for t in engine.evaluate()} == {("bob", "resolved")}
     assert registry.lifted == ["rule:tokens-per-user"]
+
+
+def test_sub_cent_amounts_keep_their_digits_in_the_alert(
+    tmp_path: Path, db: DB, registry: FakeRegistry, notifier: FakeNotifier
+) -> None:
+    """Was: "$0.00 crossed the 100% threshold ($0.00) … 1480.0 % of the $0.00 limit"."""
+    text = """
+channels:
+  ops: {url: "json://127.0.0.1:9/hook"}
+rules:
+  - name: tiny
+    kind: budget
+    limit: 0.0001
+    window: month
+    notify: [ops]
+"""
+    clock = Clock(NOV)
+    engine = _engine(tmp_path, text, db, clock, registry, notifier)
+    db.add(clock() - timedelta(hours=1), cost_usd=0.00148, app="batch", model="o3")
+    engine.evaluate()
+    body = notifier.sent[0]["body"]
+    assert (
+        "$0.00148 crossed the 100% threshold ($0.0001), over by $0.00138; 1480.0 % of the $0.0001 limit"
+        in body
+    )
+    assert "Top models: o3 $0.00148" in body

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from costwatch.instrumentation.spool import segment_lines
 from tests.fakes.provider import FakeProvider
 from tests.support.processes import DaemonProcess, free_port
 
@@ -106,6 +107,13 @@ def _run_app(fake: FakeProvider, env: dict[str, str]) -> None:
     assert not _find(result.stderr.encode()), "the app's own costwatch logs leak a secret"
 
 
+def _spool_text(path: Path) -> bytes:
+    """A spool file as text: segments are zstd-compressed (a raw grep would see nothing)."""
+    if path.name.endswith(".lock"):
+        return path.read_bytes()
+    return path.read_bytes() + b"\n" + b"\n".join(segment_lines(path))
+
+
 def test_no_secret_in_store_spool_log_metrics_export_or_alerts(
     tmp_path: Path, listener: tuple[str, list[bytes]]
 ) -> None:
@@ -141,7 +149,7 @@ def test_no_secret_in_store_spool_log_metrics_export_or_alerts(
         # 1. The daemon is down: events go to the spool. Scan it before anything replays it.
         state.mkdir(parents=True)
         _run_app(fake, daemon.app_env(app="leaky", COSTWATCH_EXIT_FLUSH_TIMEOUT_S="1"))
-        spooled = b"".join(p.read_bytes() for p in (state / "spool").glob("*.ndjson"))
+        spooled = b"\n".join(_spool_text(p) for p in (state / "spool").glob("*.ndjson"))
         assert spooled.count(b'"id"') >= 5, "the outage produced no spool to scan"
         assert not _find(spooled), _find(spooled)
         assert b"sk-[redacted]" in spooled or b"[card]" in spooled  # the scrubbed forms are there
@@ -190,7 +198,7 @@ def test_no_secret_in_store_spool_log_metrics_export_or_alerts(
         "daemon log": daemon.log.read_bytes(),
         "parquet": b"".join(p.read_bytes() for p in export_dir.rglob("*.parquet")),
         "duckdb": b"".join(p.read_bytes() for p in state.glob("costwatch.duckdb*")),
-        "spool after": b"".join(p.read_bytes() for p in (state / "spool").glob("*")),
+        "spool after": b"\n".join(_spool_text(p) for p in (state / "spool").glob("*")),
     }
     assert places["parquet"] and places["duckdb"]
     leaks = {place: _find(data) for place, data in places.items() if _find(data)}
