@@ -466,39 +466,38 @@ _TOLD_NOBODY = "no daemon was told: apps learn it only once a daemon serves this
 _WRITE_TIMEOUT_S = 15.0
 
 
+def _switch_target(args: argparse.Namespace, fleet_does: str) -> tuple[Any, Any] | Client:
+    """The daemon at the URL (always for --fleet), or with --db the file's registry (or its daemon)."""
+    if args.fleet:
+        if args.db:
+            raise CLIError(f"--fleet goes through the daemon (it {fleet_does}): no --db", 2)
+        return client_for(args)
+    settings = _offline(args)
+    return client_for(args) if settings is None else _file_registry(args, settings)
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     scope = parse_scope(args.scope)
     for_s = parse_duration(args.for_) if args.for_ else None
     where = ", ".join(f"{k}={v}" for k, v in sorted(scope.items())) or "global"
     until = f" for {args.for_}" if for_s else ""
-    if args.fleet:
-        if args.db:
-            raise CLIError("--fleet goes through the daemon (it writes the switch into Postgres): no --db", 2)
-        client = client_for(args)
-        body = {"action": "engage", "scope": scope, "reason": args.reason, "for_s": for_s, "source": "cli"}
-        client.request(
-            "POST",
-            "/v1/killswitch?fleet=1",
-            body,
-            timeout=_WRITE_TIMEOUT_S,
-            expect=("killswitch",),
-            not_done=_NOT_ENGAGED,
-        )
-        print(f"FLEET kill switch engaged through {client.url}: scope {where}{until} ({args.reason})")
-        return 0
-    settings = _offline(args)
-    target = client_for(args) if settings is None else _file_registry(args, settings)
+    target = _switch_target(args, "writes the switch into Postgres")
     if isinstance(target, Client):
         body = {"action": "engage", "scope": scope, "reason": args.reason, "for_s": for_s, "source": "cli"}
         target.request(
             "POST",
-            "/v1/killswitch",
+            "/v1/killswitch?fleet=1" if args.fleet else "/v1/killswitch",
             body,
             timeout=_WRITE_TIMEOUT_S,
             expect=("killswitch",),
             not_done=_NOT_ENGAGED,
         )
-        print(f"kill switch engaged at {target.url}: scope {where}{until} ({args.reason})")
+        done = (
+            f"FLEET kill switch engaged through {target.url}"
+            if args.fleet
+            else f"kill switch engaged at {target.url}"
+        )
+        print(f"{done}: scope {where}{until} ({args.reason})")
         return 0
     from costwatch.daemon.killswitch import ScopeError
 
@@ -509,9 +508,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), 2) from None
     finally:
         con.close()
-    print(
-        f"kill switch engaged in {settings.db_path}: scope {where}{until} ({args.reason}); offline: {_TOLD_NOBODY}"
-    )
+    print(f"kill switch engaged in {args.db}: scope {where}{until} ({args.reason}); offline: {_TOLD_NOBODY}")
     return 0
 
 
@@ -524,30 +521,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if args.all
         else "scope " + (", ".join(f"{k}={v}" for k, v in sorted(scope.items())) or "global")
     )
-    if args.fleet:
-        if args.db:
-            raise CLIError("--fleet goes through the daemon (it lifts the switch in Postgres): no --db", 2)
-        client = client_for(args)
+    target = _switch_target(args, "lifts the switch in Postgres")
+    if isinstance(target, Client):
         body = {"action": "lift", "scope": scope, "all": bool(args.all), "by": "cli"}
-        reply = client.request(
+        reply = target.request(
             "POST",
-            "/v1/killswitch?fleet=1",
+            "/v1/killswitch?fleet=1" if args.fleet else "/v1/killswitch",
             body,
             timeout=_WRITE_TIMEOUT_S,
             expect=("lifted",),
             not_done=_NOT_LIFTED,
         )
-        print(f"lifted {reply['lifted']} FLEET kill switch(es) on {where} through {client.url}")
-        return 0 if reply["lifted"] else 1
-    settings = _offline(args)
-    target = client_for(args) if settings is None else _file_registry(args, settings)
-    if isinstance(target, Client):
-        body = {"action": "lift", "scope": scope, "all": bool(args.all), "by": "cli"}
-        reply = target.request(
-            "POST", "/v1/killswitch", body, timeout=_WRITE_TIMEOUT_S, expect=("lifted",), not_done=_NOT_LIFTED
-        )
         lifted = reply["lifted"]
-        print(f"lifted {lifted} kill switch(es) on {where} at {target.url}")
+        kind, at = ("FLEET kill switch(es)", "through") if args.fleet else ("kill switch(es)", "at")
+        print(f"lifted {lifted} {kind} on {where} {at} {target.url}")
         return 0 if lifted else 1
     from costwatch.daemon.killswitch import ScopeError
 
@@ -558,7 +545,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), 2) from None
     finally:
         con.close()
-    print(f"lifted {lifted} kill switch(es) on {where} in {settings.db_path}; offline: {_TOLD_NOBODY}")
+    print(f"lifted {lifted} kill switch(es) on {where} in {args.db}; offline: {_TOLD_NOBODY}")
     return 0 if lifted else 1
 
 

@@ -55,6 +55,17 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
 
+def _engage_fields(data: dict[str, Any]) -> tuple[str, float | None, str]:
+    """(reason, for_s, source) of an engage request, host or fleet; a bad value is a 400."""
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise HTTPError(400, "engage needs a non-empty reason")
+    for_s = data.get("for_s")
+    if for_s is not None and (not isinstance(for_s, int | float) or for_s <= 0):
+        raise HTTPError(400, "for_s must be a positive number of seconds")
+    return reason, for_s, str(data.get("source") or "http")
+
+
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(encode(obj), status_code=status, media_type="application/json", headers=headers)
 
@@ -265,13 +276,7 @@ def build_app(
         fleet = fleet_service()
         try:
             if action == "engage":
-                reason = data.get("reason")
-                if not isinstance(reason, str) or not reason.strip():
-                    raise HTTPError(400, "engage needs a non-empty reason")
-                for_s = data.get("for_s")
-                if for_s is not None and (not isinstance(for_s, int | float) or for_s <= 0):
-                    raise HTTPError(400, "for_s must be a positive number of seconds")
-                source = str(data.get("source") or "http")
+                reason, for_s, source = _engage_fields(data)
                 ks = await run_in_threadpool(fleet.killswitch.engage, scope, reason, source, for_s)
                 return json_response({"killswitch": ks, "fleet": True, "state": registry.state()})
             if action == "lift":
@@ -297,15 +302,9 @@ def build_app(
             return await fleet_killswitch(data, action, scope)
         try:
             if action == "engage":
-                reason = data.get("reason")
-                if not isinstance(reason, str) or not reason.strip():
-                    raise HTTPError(400, "engage needs a non-empty reason")
-                for_s = data.get("for_s")
-                if for_s is not None and (not isinstance(for_s, int | float) or for_s <= 0):
-                    raise HTTPError(400, "for_s must be a positive number of seconds")
+                reason, for_s, source = _engage_fields(data)
                 expires = time.time() + for_s if for_s else None
-                source = data.get("source") or "http"
-                ks = await run_in_threadpool(registry.engage, scope, reason, str(source), expires)
+                ks = await run_in_threadpool(registry.engage, scope, reason, source, expires)
                 return json_response({"killswitch": ks, "state": registry.state()})
             if action == "lift":
                 target = None if data.get("all") else scope
