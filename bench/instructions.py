@@ -1,0 +1,211 @@
+"""Instructions per SDK call under callgrind: the deterministic overhead figure (issue 18).
+
+Each (API, mode, variant) runs `bench.instructions_worker` twice under
+``valgrind --tool=callgrind --separate-threads=yes``, with N = 20 and N = 120
+calls; (I(120) - I(20)) / 100 is the cost of one call, every thread and the
+exit flush included, imports and start-up cancelled out. Thread 1 is the
+app's thread (the call path); the others are background threads (costwatch's
+emitter and kill-switch long poll, asyncio's helpers).
+
+Timers: under valgrind a call takes tens of times longer than natively, so a
+timer that fires every 0.5 s (costwatch's flush) would fire tens of times more
+often per call than in a real run. The section measures that slowdown (the
+uninstrumented variant's seconds per call under valgrind against a native run
+of the same worker) and runs costwatch with its flush interval multiplied by
+it: the emitter ticks and POSTs as often per call as it would natively. One
+cell per mode also runs costwatch with the unscaled 0.5 s interval, reported
+apart (``costwatch @0.5 s``), so the timer share is visible and a stretched
+timer cannot hide per-call work.
+
+Where the instructions go: ``callgrind_annotate`` of costwatch's and the
+uninstrumented run (N = 120, all threads summed), subtracted function by
+function; the top of that difference is saved with the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+APIS = ("chat", "responses", "messages")
+MODES = ("sync", "async", "stream")
+VARIANTS = ("none", "floor", "costwatch")
+N_LO, N_HI = 20, 120
+DEFAULT_INTERVAL_S = 0.5
+TARGET_PCT = 1.0
+PARALLEL = 2
+_TOTALS = re.compile(r"^totals:\s+(\d+)", re.M)
+_ANNOTATE_LINE = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?)(?: \[(.*)\])?$")
+
+
+def _worker(spec: dict[str, Any]) -> list[str]:
+    return [sys.executable, "-m", "bench.instructions_worker", json.dumps(spec)]
+
+
+def _threads(out: Path) -> list[int]:
+    """Instructions per thread, in thread order (files OUT-01, OUT-02, …)."""
+    files = sorted(out.parent.glob(out.name + "-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    counts = []
+    for path in files:
+        match = _TOTALS.search(path.read_text(errors="replace")[-4000:]) or _TOTALS.search(
+            path.read_text(errors="replace")
+        )
+        counts.append(int(match.group(1)) if match else 0)
+    return counts
+
+
+def _callgrind(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    args = [
+        "valgrind",
+        "--tool=callgrind",
+        "--separate-threads=yes",
+        f"--callgrind-out-file={out}",
+        *_worker(spec),
+    ]
+    done = subprocess.run(
+        args, capture_output=True, text=True, cwd=common.ROOT, env=common.env_for_children(), timeout=1800
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"callgrind run failed ({done.returncode}): {done.stderr[-2000:]}")
+    threads = _threads(out)
+    return {"threads": threads, "total": sum(threads), **json.loads(lines[-1])}
+
+
+def _native_s_per_call(spec: dict[str, Any]) -> float:
+    lo = common.run_json(_worker({**spec, "n": 50}))
+    hi = common.run_json(_worker({**spec, "n": 250}))
+    return max(1e-6, (hi["wall_s"] - lo["wall_s"]) / 200)
+
+
+def annotate(out: Path, thread: int | None = None) -> dict[str, int]:
+    """Self instructions by function, summed over every thread's file (or one thread's)."""
+    by_fn: dict[str, int] = {}
+    paths = sorted(out.parent.glob(out.name + "-*"))
+    if thread is not None:
+        paths = [out.parent / f"{out.name}-{thread:02d}"]
+    for path in paths:
+        text = subprocess.run(
+            ["callgrind_annotate", "--threshold=100", str(path)], capture_output=True, text=True
+        ).stdout
+        for line in text.splitlines():
+            match = _ANNOTATE_LINE.match(line)
+            if not match or "PROGRAM TOTALS" in line:
+                continue
+            fn = match.group(2).rsplit("/", 1)[-1]  # file:function without the build path
+            lib = (match.group(3) or "").rsplit("/", 1)[-1]
+            key = f"{fn} [{lib}]" if lib else fn
+            by_fn[key] = by_fn.get(key, 0) + int(match.group(1).replace(",", ""))
+    return by_fn
+
+
+def _diff(cw: dict[str, int], bare: dict[str, int], calls: int, top: int = 25) -> list[list[Any]]:
+    rows = [(fn, cw.get(fn, 0) - bare.get(fn, 0)) for fn in set(cw) | set(bare)]
+    rows.sort(key=lambda r: -r[1])
+    return [[fn, round(delta / calls)] for fn, delta in rows[:top] if delta > 0]
+
+
+def _top(by_fn: dict[str, int], calls: int, top: int = 25) -> list[list[Any]]:
+    return [[fn, round(n / calls)] for fn, n in sorted(by_fn.items(), key=lambda r: -r[1])[:top]]
+
+
+def run(quick: bool, log: Any = print) -> dict[str, Any]:
+    if shutil.which("valgrind") is None:
+        raise RuntimeError("valgrind is not installed (Debian package valgrind; ./dev test installs it)")
+    apis = ("chat",) if quick else APIS
+    modes = MODES
+    cells = [(api, mode) for api in apis for mode in modes]
+    server = common.start_url_proc([sys.executable, "-m", "bench.fastserver"])
+    work = Path(tempfile.mkdtemp(prefix="cwbench-instructions-"))
+    daemon = common.start_daemon(work / "state")
+    results: dict[str, Any] = {}
+    try:
+        base = {"url": server.url, "daemon": daemon.url, "state_dir": str(daemon.state_dir)}
+
+        def measure(key: tuple[str, str, str], spec: dict[str, Any]) -> dict[str, Any]:
+            runs = {}
+            for n in (N_LO, N_HI):
+                out = work / f"{'-'.join(key)}-{n}.out"
+                runs[n] = _callgrind({**spec, "n": n}, out)
+            lo, hi = runs[N_LO], runs[N_HI]
+            calls = N_HI - N_LO
+            width = max(len(lo["threads"]), len(hi["threads"]))
+            pad = lambda t: t + [0] * (width - len(t))  # noqa: E731
+            per_thread = [
+                round((h - lo_) / calls)
+                for h, lo_ in zip(pad(hi["threads"]), pad(lo["threads"]), strict=True)
+            ]
+            row = {
+                "per_call": round((hi["total"] - lo["total"]) / calls),
+                "app_thread": per_thread[0],
+                "background": sum(per_thread[1:]),
+                "per_thread": per_thread,
+                "s_per_call_valgrind": (hi["wall_s"] - lo["wall_s"]) / calls,
+                "runs": {str(n): r for n, r in runs.items()},
+            }
+            log(f"  {' '.join(key)}: {row['per_call']:,} instructions per call "
+                f"(app thread {row['app_thread']:,}, background {row['background']:,})")  # fmt: skip
+            return row
+
+        # 1. uninstrumented and floor (no timers), two at a time
+        jobs = [((api, mode, v), {**base, "variant": v, "api": api, "mode": mode})
+                for api, mode in cells for v in ("none", "floor")]  # fmt: skip
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            for (key, _), row in zip(jobs, pool.map(lambda j: measure(*j), jobs), strict=True):
+                results["/".join(key)] = row
+        # 2. the valgrind slowdown per cell → costwatch's flush interval for that cell
+        intervals = {}
+        for api, mode in cells:
+            native = _native_s_per_call({**base, "variant": "none", "api": api, "mode": mode})
+            slowdown = results[f"{api}/{mode}/none"]["s_per_call_valgrind"] / native
+            intervals[(api, mode)] = min(600.0, DEFAULT_INTERVAL_S * max(1.0, slowdown))
+            results[f"{api}/{mode}/none"].update(native_s_per_call=native, slowdown=slowdown)
+        # 3. costwatch with scaled timers; and once per mode with the real 0.5 s
+        jobs = [((api, mode, "costwatch"),
+                 {**base, "variant": "costwatch", "api": api, "mode": mode, "interval": intervals[(api, mode)]})
+                for api, mode in cells]  # fmt: skip
+        jobs += [((apis[0], mode, "costwatch@0.5s"),
+                  {**base, "variant": "costwatch", "api": apis[0], "mode": mode, "interval": DEFAULT_INTERVAL_S})
+                 for mode in modes]  # fmt: skip
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            for (key, spec), row in zip(jobs, pool.map(lambda j: measure(*j), jobs), strict=True):
+                row["interval_s"] = spec["interval"]
+                results["/".join(key)] = row
+        # 4. where the instructions go: costwatch's slope − the uninstrumented slope, by function
+        profiles = {}
+        calls = N_HI - N_LO
+        for api, mode in cells:
+
+            def slope(
+                variant: str, thread: int | None = None, api: str = api, mode: str = mode
+            ) -> dict[str, int]:
+                hi = annotate(work / f"{api}-{mode}-{variant}-{N_HI}.out", thread)
+                lo = annotate(work / f"{api}-{mode}-{variant}-{N_LO}.out", thread)
+                return {fn: hi.get(fn, 0) - lo.get(fn, 0) for fn in set(hi) | set(lo)}
+
+            profiles[f"{api}/{mode}"] = {
+                "added_by_function": _diff(slope("costwatch"), slope("none"), calls),
+                "costwatch_app_thread_top": _top(slope("costwatch", 1), calls, 15),
+            }
+    finally:
+        daemon.stop()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "quick": quick,
+        "cells": [list(c) for c in cells],
+        "n": [N_LO, N_HI],
+        "target_pct": TARGET_PCT,
+        "results": results,
+        "profiles": profiles,
+        "valgrind": subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip(),
+    }
