@@ -108,6 +108,27 @@ class _TypedBody(msgspec.Struct):
 
 
 _body_decoder = msgspec.json.Decoder(_TypedBody)
+_NO_COUNTS = (None, None, None, None, None)
+
+
+class _ChunkDelta(msgspec.Struct):
+    content: Any = None
+    tool_calls: Any = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _ChunkDelta | None = None
+    text: Any = None  # completions
+
+
+class _Chunk(msgspec.Struct):
+    """A chat/completions stream chunk as `_first_content` reads it (a value of another shape fails)."""
+
+    model: Any = None
+    choices: list[_ChunkChoice] | None = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
 _NO_DETAILS = _Details()
 
 
@@ -266,7 +287,16 @@ def _last_usage(api: str, data: bytes, done: int) -> tuple[Usage | None, str | N
         start = sep + 2 if sep >= 0 else 0  # no separator before it: the first block
         block = data[start:end]
         if _has_usage(block):
-            found = _event_data(block)
+            if block[:6] == b"data: " and b"\n" not in block:
+                typed = from_bytes(api, block[6:])
+                if typed is not None:
+                    usage = typed[0]
+                    if usage is None:  # "usage": null or absent: falsy, as below
+                        end = start - 2
+                        continue
+                    if usage[:5] != _NO_COUNTS or usage.cost_usd is not None:  # a non-empty usage object
+                        return typed
+            found = _event_data(block)  # anything the typed decode cannot tell: the generic decode
             if isinstance(found, dict) and found.get("usage"):
                 model = found.get("model")
                 usage = _with_tier(normalize_usage(api, found["usage"]), found.get("service_tier"))
@@ -283,8 +313,28 @@ def _first_content(
     start = 0
     while start < done:
         end = data.find(b"\n\n", start)
-        found = _event_data(data[start:end])
+        block = data[start:end]
         start = end + 2
+        if block[:6] == b"data: " and b"\n" not in block:
+            try:
+                chunk = _chunk_decoder.decode(block[6:])
+            except TYPED_ERRORS:
+                pass  # not the usual chunk: the generic decode below decides
+            else:
+                if model is None and isinstance(chunk.model, str):
+                    model = chunk.model
+                if chunk.choices:
+                    choice = chunk.choices[0]
+                    if api == COMPLETIONS:
+                        if isinstance(choice.text, str) and choice.text:
+                            return time_at(chunks, start), model
+                    elif choice.delta is not None and (
+                        choice.delta.tool_calls
+                        or (isinstance(choice.delta.content, str) and choice.delta.content)
+                    ):
+                        return time_at(chunks, start), model
+                continue
+        found = _event_data(block)
         if not isinstance(found, dict):
             continue
         if model is None and isinstance(found.get("model"), str):
