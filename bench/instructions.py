@@ -26,7 +26,9 @@ function; the top of that difference is saved with the figures.
 
 from __future__ import annotations
 
+import compileall
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -72,6 +74,25 @@ def _threads(out: Path) -> list[int]:
     return counts
 
 
+def _before_tree() -> tuple[Path, str] | None:
+    """``COSTWATCH_BENCH_BEFORE=DIR[:LABEL]``: also measure the costwatch of another tree (e.g. a
+    ``git archive`` of an older commit with this bench copied in), as ``costwatch-before``."""
+    value = os.environ.get("COSTWATCH_BENCH_BEFORE")
+    if not value:
+        return None
+    path, _, label = value.partition(":")
+    return Path(path), label or Path(path).name
+
+
+BEFORE_CELLS = (
+    ("chat", "sync"),
+    ("chat", "stream"),
+    ("responses", "stream"),
+    ("messages", "sync"),
+    ("messages", "stream"),
+)
+
+
 def _callgrind(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     args = [
         "valgrind",
@@ -80,12 +101,13 @@ def _callgrind(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         f"--callgrind-out-file={out}",
         *_worker(spec),
     ]
-    done = subprocess.run(args, capture_output=True, text=True, cwd=common.ROOT, env=_ENV, timeout=1800)
+    env = {**_ENV, "PYTHONPATH": spec["root"]} if spec.get("root") else _ENV
+    done = subprocess.run(args, capture_output=True, text=True, cwd=common.ROOT, env=env, timeout=1800)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"callgrind run failed ({done.returncode}): {done.stderr[-2000:]}")
     threads = _threads(out)
-    return {"threads": threads, "total": sum(threads), **json.loads(lines[-1])}
+    return {**json.loads(lines[-1]), "thread_counts": threads, "total": sum(threads)}
 
 
 def _native_s_per_call(spec: dict[str, Any]) -> float:
@@ -131,6 +153,12 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
     apis = ("chat",) if quick else APIS
     modes = MODES
     cells = [(api, mode) for api in apis for mode in modes]
+    before = _before_tree()
+    # Bytecode compiled up front: a first run that compiles and writes .pyc files would count
+    # the compilation in N = 20 and not in N = 120.
+    for root in (common.ROOT, *((before[0],) if before else ())):
+        for sub in ("costwatch", "bench"):
+            compileall.compile_dir(str(root / sub), quiet=1)
     server = common.start_url_proc([sys.executable, "-m", "bench.fastserver"])
     work = Path(tempfile.mkdtemp(prefix="cwbench-instructions-"))
     daemon = common.start_daemon(work / "state")
@@ -145,11 +173,11 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
                 runs[n] = _callgrind({**spec, "n": n}, out)
             lo, hi = runs[N_LO], runs[N_HI]
             calls = N_HI - N_LO
-            width = max(len(lo["threads"]), len(hi["threads"]))
+            width = max(len(lo["thread_counts"]), len(hi["thread_counts"]))
             pad = lambda t: t + [0] * (width - len(t))  # noqa: E731
             per_thread = [
                 round((h - lo_) / calls)
-                for h, lo_ in zip(pad(hi["threads"]), pad(lo["threads"]), strict=True)
+                for h, lo_ in zip(pad(hi["thread_counts"]), pad(lo["thread_counts"]), strict=True)
             ]
             # costwatch's timer threads (kill-switch long poll, limits lease exchange) run by the
             # wall clock, not per call: reported apart, never in the per-call figure.
@@ -189,6 +217,12 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
         jobs += [((api, mode, "costwatch@0.5s"),
                   {**base, "variant": "costwatch", "api": api, "mode": mode, "interval": DEFAULT_INTERVAL_S})
                  for api, mode in DEFAULT_TIMER_CELLS if (api, mode) in cells]  # fmt: skip
+        if before is not None:
+            jobs += [((api, mode, "costwatch-before"),
+                      {**base, "variant": "costwatch", "api": api, "mode": mode,
+                       "interval": intervals[(api, mode)], "root": str(before[0])})
+                     for api, mode in BEFORE_CELLS if (api, mode) in cells]  # fmt: skip
+        log("  flush intervals: " + ", ".join(f"{a}/{m} {v:.1f} s" for (a, m), v in intervals.items()))
         with ThreadPoolExecutor(PARALLEL) as pool:
             for (key, spec), row in zip(jobs, pool.map(lambda j: measure(*j), jobs), strict=True):
                 row["interval_s"] = spec["interval"]
@@ -214,6 +248,7 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     return {
+        "before": before[1] if before is not None else None,
         "quick": quick,
         "cells": [list(c) for c in cells],
         "n": [N_LO, N_HI],

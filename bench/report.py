@@ -380,7 +380,7 @@ def instructions(data: dict[str, Any]) -> str:
     )
     sep = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     if before:
-        head += f" costwatch before ({before['commit']}) | added before |"
+        head += f" costwatch before ({before}) | added before |"
         sep += " ---: | ---: |"
     out += [head, sep]
     for api, mode in data["cells"]:
@@ -398,7 +398,7 @@ def instructions(data: dict[str, Any]) -> str:
             f" {cw['app_thread'] - bare['app_thread']:+,} | {cw['background'] - bare['background']:+,} |"
         )
         if before:
-            b = before["results"].get(f"{api}/{mode}/costwatch")
+            b = res.get(f"{api}/{mode}/costwatch-before")
             row += (
                 f" {b['per_call']:,} | {b['per_call'] - bare['per_call']:+,} ({100 * (b['per_call'] - bare['per_call']) / bare['per_call']:+.2f} %) |"
                 if b
