@@ -236,7 +236,7 @@ def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None,
     endpoint = recognize(path)
     if endpoint is None:
         return None, request, None
-    retry = request.headers.get("x-stainless-retry-count")
+    retry = _retry_count(request.headers)
     current = _current_call.get()
     if retry is not None and retry != "0" and current is not None and current[1] == path:
         call = current[0]
@@ -258,6 +258,7 @@ def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None,
         spans.current_context(),
         emitter.submit,
     )
+    record.url_path = path
     if gate is not None:
         record.gate = gate  # type: ignore[attr-defined]
     killswitch = emitter.killswitch
@@ -276,6 +277,30 @@ def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None,
             record.request = request = rewritten
             record.filter = UsageChunkFilter()
     return record, request, None
+
+
+_RETRY_HEADER = b"x-stainless-retry-count"
+
+
+def _retry_count(headers: Any) -> str | None:
+    """``headers.get("x-stainless-retry-count")`` from httpx(2)'s raw list.
+
+    ``Headers.get`` first works out the encoding of every header of the request (each
+    decoded, per request); one ASCII value decodes the same whatever that encoding is.
+    A repeated or non-ASCII value, or another headers type, goes through ``get`` as before.
+    """
+    items = getattr(headers, "_list", None)
+    if type(items) is not list or (items and len(items[0]) != 3):
+        return headers.get("x-stainless-retry-count")
+    found = None
+    for _, lower, value in items:
+        if lower == _RETRY_HEADER:
+            if found is not None:
+                return headers.get("x-stainless-retry-count")
+            found = value
+    if found is None:
+        return None
+    return found.decode("ascii") if found.isascii() else headers.get("x-stainless-retry-count")
 
 
 def _end(record: CallRecord, response: Any, proxy: type) -> None:

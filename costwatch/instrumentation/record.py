@@ -269,7 +269,8 @@ class CallRecord:
             self.request_body = _request_body(request)
             url = request.url
             self.server_address = _server_address(url)[:256]
-            self.url_path = url.path
+            if not self.url_path:  # the patch stores the path it recognized
+                self.url_path = url.path
             self.idempotency_key = _request_header(request.headers, b"idempotency-key")
         response = self.response
         if response is not None:
