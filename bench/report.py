@@ -396,6 +396,7 @@ def instructions(data: dict[str, Any]) -> str:
             f"| {api} | {mode} | {bare['per_call']:,} | {floor_cell} |"
             f" {cw['per_call']:,} | {added:+,} | {pct:+.2f} % {verdict(pct <= target)} |"
             f" {cw['app_thread'] - bare['app_thread']:+,} | {cw['background'] - bare['background']:+,} |"
+            f" {cw.get('interval_s', 0):.1f} s |"
         )
         if before:
             b = res.get(f"{api}/{mode}/costwatch-before")
