@@ -103,7 +103,9 @@ def _callgrind(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         *_worker(spec),
     ]
     env = {**_ENV, "PYTHONPATH": spec["root"]} if spec.get("root") else _ENV
-    done = subprocess.run(args, capture_output=True, text=True, cwd=common.ROOT, env=env, timeout=1800)
+    # `python -m` puts the working directory first on sys.path: run from the tree measured.
+    cwd = spec.get("root") or common.ROOT
+    done = subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=1800)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"callgrind run failed ({done.returncode}): {done.stderr[-2000:]}")

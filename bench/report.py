@@ -376,9 +376,9 @@ def instructions(data: dict[str, Any]) -> str:
     before = data.get("before")
     head = (
         "| API | mode | uninstrumented | floor | costwatch | added | added % (target ≤ "
-        + f"{target:g} %) | app thread added | background |"
+        + f"{target:g} %) | app thread added | background | flush interval |"
     )
-    sep = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    sep = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     if before:
         head += f" costwatch before ({before}) | added before |"
         sep += " ---: | ---: |"
@@ -407,6 +407,33 @@ def instructions(data: dict[str, Any]) -> str:
             )
         out.append(row)
     out.append("")
+    repeats = [(k, v) for k, v in res.items() if k.endswith("/costwatch-repeat")]
+    if repeats:
+        out.append(data.get("repeat_note", "") + "\n")
+        out.append("| cell | costwatch | same build again | difference |\n| --- | ---: | ---: | ---: |")
+        for key, row in repeats:
+            first = res[key.replace("-repeat", "")]
+            out.append(
+                f"| {key.rsplit('/', 1)[0]} | {first['per_call']:,} | {row['per_call']:,} |"
+                f" {row['per_call'] - first['per_call']:+,} |"
+            )
+        out.append("")
+    supplement = data.get("supplement")
+    if supplement:
+        out.append(supplement["note"] + "\n")
+        out.append(
+            "| API | mode | uninstrumented (table above) | costwatch | added | added % | app thread added | background |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )
+        for row in supplement["rows"]:
+            bare = res[f"{row['api']}/{row['mode']}/none"]
+            added = row["per_call"] - bare["per_call"]
+            out.append(
+                f"| {row['api']} | {row['mode']} | {bare['per_call']:,} | {row['per_call']:,} | {added:+,} |"
+                f" {100 * added / bare['per_call']:+.2f} % {verdict(100 * added / bare['per_call'] <= target)} |"
+                f" {row['app_thread'] - bare['app_thread']:+,} | {row['background'] - bare['background']:+,} |"
+            )
+        out.append("")
     timers = [(k, v) for k, v in res.items() if k.endswith("/costwatch@0.5s")]
     if timers:
         out.append(
