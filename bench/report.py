@@ -373,6 +373,14 @@ def instructions(data: dict[str, Any]) -> str:
         " slower. *floor*: a pass-through `send` patch appending (start, end, URL, status, request id) to a"
         " deque.\n"
     )
+    packages = data.get("machine", {}).get("packages", {})
+    if packages:
+        names = ("openai", "anthropic", "httpx2", "httpx", "msgspec")
+        out.append(
+            "Packages in this run: "
+            + ", ".join(f"{k} {packages[k]}" for k in names if k in packages)
+            + f"; {data.get('valgrind', 'valgrind')}.\n"
+        )
     before = data.get("before")
     head = (
         "| API | mode | uninstrumented | floor | costwatch | added | added % (target ≤ "
@@ -500,7 +508,8 @@ def write() -> Path:
         if data is None:
             sections.append(f"## {name}\n\n_Not measured yet._\n")
             continue
-        machine = machine or data.get("machine")
+        if name != "instructions":  # the Machine section describes the wall-clock sections' runs
+            machine = machine or data.get("machine")
         try:
             sections.append(writer(data))
         except Exception as exc:  # a report bug must not lose the others
