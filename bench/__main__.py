@@ -1,7 +1,8 @@
 """``python -m bench [--quick] [which…]``: run benchmark sections, then rewrite docs/benchmarks.md.
 
-Sections: overhead, callpath (the patch's own cost, a diagnostic for overhead),
-ingest, query, killswitch, spool, fleet (PostgreSQL fleet mode) (default: all, in that order); ``footprint``
+Sections: instructions (instructions per call under callgrind), overhead, callpath (the patch's own cost,
+a diagnostic for overhead), ingest, query, killswitch, spool, fleet (PostgreSQL fleet mode) (default: all,
+in that order); ``footprint``
 runs ingest and query, where the daemon's RSS is sampled. Each section's raw results go to ``bench/.results/NAME.json``;
 the report is rebuilt from every saved section, so a section can be rerun on
 its own. Footprint figures are taken during ingest and query.
@@ -18,7 +19,7 @@ import traceback
 
 from bench import common, report
 
-SECTIONS = ("overhead", "callpath", "ingest", "query", "killswitch", "spool", "fleet")
+SECTIONS = ("instructions", "overhead", "callpath", "ingest", "query", "killswitch", "spool", "fleet")
 ALIASES = {"footprint": ("ingest", "query")}
 
 

@@ -4,7 +4,9 @@
 Answers any ``POST .../chat/completions`` with the canned body of
 ``tests.fakes.provider`` (same usage numbers): JSON, or SSE when the body
 says ``"stream": true`` (with the usage chunk when ``include_usage`` is in
-the body). No JSON parsing, no per-request allocation beyond slicing: the
+the body). ``POST .../responses`` and ``POST .../messages`` (Anthropic) get
+the canned Responses body / stream of ``tests.fakes.provider`` and the
+recorded Anthropic fixtures of ``tests/fixtures/responses``. No JSON parsing, no per-request allocation beyond slicing: the
 server's own latency must not hide the instrumentation's.
 """
 
@@ -15,9 +17,14 @@ import asyncio
 import json
 import socket
 
-from tests.fakes.provider import _json_body, _stream_events
+from tests.fakes.provider import FIXTURES, _json_body, _stream_events
 
 _MODEL = "gpt-4o-mini-2024-07-18"
+_ANTHROPIC_HEADERS = (
+    b"anthropic-ratelimit-requests-limit: 4000\r\nanthropic-ratelimit-requests-remaining: 3999\r\n"
+    b"anthropic-ratelimit-tokens-limit: 400000\r\nanthropic-ratelimit-tokens-remaining: 399000\r\n"
+    b"request-id: req_fake\r\n"
+)
 _HEADERS = (
     b"x-ratelimit-limit-requests: 10000\r\nx-ratelimit-remaining-requests: 9999\r\n"
     b"x-ratelimit-limit-tokens: 2000000\r\nx-ratelimit-remaining-tokens: 1999000\r\n"
@@ -25,26 +32,35 @@ _HEADERS = (
 )
 
 
-def _json_response() -> bytes:
-    body = json.dumps(_json_body("chat", _MODEL, True, {}), separators=(",", ":")).encode()
+def _json_response(api: str = "chat") -> bytes:
+    if api == "messages":
+        data = json.loads((FIXTURES / "anthropic_claude-sonnet-4.json").read_text())
+    else:
+        data = _json_body(api, _MODEL, True, {})
+    body = json.dumps(data, separators=(",", ":")).encode()
     return (
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
         + str(len(body)).encode()
         + b"\r\n"
-        + _HEADERS
+        + (_ANTHROPIC_HEADERS if api == "messages" else _HEADERS)
         + b"\r\n"
         + body
     )
 
 
-def _sse_response(include_usage: bool) -> bytes:
+def _sse_response(include_usage: bool, api: str = "chat") -> bytes:
     req = {"stream": True, "stream_options": {"include_usage": include_usage}}
     out = [
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
-        + _HEADERS
+        + (_ANTHROPIC_HEADERS if api == "messages" else _HEADERS)
         + b"\r\n"
     ]
-    for event in _stream_events("chat", _MODEL, True, req):
+    if api == "messages":
+        raw = (FIXTURES / "anthropic_stream_claude-sonnet-4.sse").read_bytes()
+        events = [b + b"\n\n" for b in raw.split(b"\n\n") if b.strip()]
+    else:
+        events = _stream_events(api, _MODEL, True, req)
+    for event in events:
         out.append(f"{len(event):x}\r\n".encode() + event + b"\r\n")
     out.append(b"0\r\n\r\n")
     return b"".join(out)
@@ -53,6 +69,10 @@ def _sse_response(include_usage: bool) -> bytes:
 JSON = _json_response()
 SSE = _sse_response(False)
 SSE_USAGE = _sse_response(True)
+RESPONSES_JSON = _json_response("responses")
+RESPONSES_SSE = _sse_response(True, "responses")
+MESSAGES_JSON = _json_response("messages")
+MESSAGES_SSE = _sse_response(True, "messages")
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
 
@@ -85,9 +105,15 @@ class _Protocol(asyncio.Protocol):
                 break
             body = buf[end + 4 : total]
             buf = buf[total:]
+            stream = b'"stream":true' in body or b'"stream": true' in body
+            target = head[: head.find(b" HTTP/")]
             if not head.startswith(b"POST"):
                 out.append(NOT_FOUND)
-            elif b'"stream":true' in body or b'"stream": true' in body:
+            elif target.endswith(b"/responses"):
+                out.append(RESPONSES_SSE if stream else RESPONSES_JSON)
+            elif target.endswith(b"/messages"):
+                out.append(MESSAGES_SSE if stream else MESSAGES_JSON)
+            elif stream:
                 out.append(SSE_USAGE if b"include_usage" in body else SSE)
             else:
                 out.append(JSON)

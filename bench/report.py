@@ -387,7 +387,130 @@ def fleet(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# -- 0. instructions ----------------------------------------------------------------------
+def instructions(data: dict[str, Any]) -> str:
+    res = data["results"]
+    n_lo, n_hi = data["n"]
+    target = data["target_pct"]
+    out = ["## 1a. Instructions per call (callgrind): the figures to steer by\n", _header(data)]
+    out.append(
+        "Each cell runs `bench/instructions_worker.py` (real SDK against `bench/fastserver.py`, real daemon"
+        f" started by the section) under `valgrind --tool=callgrind --separate-threads=yes` twice, with"
+        f" N = {n_lo} and N = {n_hi} calls; (I({n_hi}) − I({n_lo})) / {n_hi - n_lo} is one call, every thread and"
+        " the exit flush included, imports and start-up cancelled out. `PYTHONHASHSEED=0` (two runs of the"
+        " same build agree within a few hundred instructions in total). *app thread*: the thread making the"
+        " calls (the call path); *background*: every other thread (costwatch's emitter converting, encoding"
+        " and POSTing, its kill-switch long poll, asyncio's helpers). Costwatch's flush interval is scaled by"
+        " the valgrind slowdown measured in the same run (the uninstrumented worker's seconds per call under"
+        " valgrind against natively), so its timers fire as often per call as in a real run; the"
+        " `costwatch @0.5 s` row keeps the real 0.5 s and shows what timer work adds when a call is ~50×"
+        " slower. *floor*: a pass-through `send` patch appending (start, end, URL, status, request id) to a"
+        " deque.\n"
+    )
+    packages = data.get("machine", {}).get("packages", {})
+    if packages:
+        names = ("openai", "anthropic", "httpx2", "httpx", "msgspec")
+        out.append(
+            "Packages in this run: "
+            + ", ".join(f"{k} {packages[k]}" for k in names if k in packages)
+            + f"; {data.get('valgrind', 'valgrind')}.\n"
+        )
+    before = data.get("before")
+    head = (
+        "| API | mode | uninstrumented | floor | costwatch | added | added % (target ≤ "
+        + f"{target:g} %) | app thread added | background | flush interval |"
+    )
+    sep = "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if before:
+        head += f" costwatch before ({before}) | added before |"
+        sep += " ---: | ---: |"
+    out += [head, sep]
+    for api, mode in data["cells"]:
+        bare = res.get(f"{api}/{mode}/none")
+        cw = res.get(f"{api}/{mode}/costwatch")
+        floor = res.get(f"{api}/{mode}/floor")
+        if bare is None or cw is None:
+            continue
+        added = cw["per_call"] - bare["per_call"]
+        pct = 100 * added / bare["per_call"]
+        floor_cell = f"{floor['per_call']:,}" if floor else "—"
+        row = (
+            f"| {api} | {mode} | {bare['per_call']:,} | {floor_cell} |"
+            f" {cw['per_call']:,} | {added:+,} | {pct:+.2f} % {verdict(pct <= target)} |"
+            f" {cw['app_thread'] - bare['app_thread']:+,} | {cw['background'] - bare['background']:+,} |"
+            f" {cw.get('interval_s', 0):.1f} s |"
+        )
+        if before:
+            b = res.get(f"{api}/{mode}/costwatch-before")
+            row += (
+                f" {b['per_call']:,} | {b['per_call'] - bare['per_call']:+,} ({100 * (b['per_call'] - bare['per_call']) / bare['per_call']:+.2f} %) |"
+                if b
+                else " — | — |"
+            )
+        out.append(row)
+    out.append("")
+    repeats = [(k, v) for k, v in res.items() if k.endswith("/costwatch-repeat")]
+    if repeats:
+        out.append(data.get("repeat_note", "") + "\n")
+        out.append("| cell | costwatch | same build again | difference |\n| --- | ---: | ---: | ---: |")
+        for key, row in repeats:
+            first = res[key.replace("-repeat", "")]
+            out.append(
+                f"| {key.rsplit('/', 1)[0]} | {first['per_call']:,} | {row['per_call']:,} |"
+                f" {row['per_call'] - first['per_call']:+,} |"
+            )
+        out.append("")
+    supplement = data.get("supplement")
+    if supplement:
+        out.append(supplement["note"] + "\n")
+        out.append(
+            "| API | mode | uninstrumented (table above) | costwatch | added | added % | app thread added | background |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )
+        for row in supplement["rows"]:
+            bare = res[f"{row['api']}/{row['mode']}/none"]
+            added = row["per_call"] - bare["per_call"]
+            out.append(
+                f"| {row['api']} | {row['mode']} | {bare['per_call']:,} | {row['per_call']:,} | {added:+,} |"
+                f" {100 * added / bare['per_call']:+.2f} % {verdict(100 * added / bare['per_call'] <= target)} |"
+                f" {row['app_thread'] - bare['app_thread']:+,} | {row['background'] - bare['background']:+,} |"
+            )
+        out.append("")
+    timers = [(k, v) for k, v in res.items() if k.endswith("/costwatch@0.5s")]
+    if timers:
+        out.append(
+            "Timer work apart (same cell with the real 0.5 s flush interval, i.e. ~50× more ticks and POSTs per call than natively):\n"
+        )
+        out.append(
+            "| cell | flush interval | instructions per call | background per call | ticks (N=20 / N=120) | POSTs |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        )
+        for key, row in timers:
+            scaled = res[key.replace("@0.5s", "")]
+            for r, label in ((scaled, f"{scaled['interval_s']:.0f} s (scaled)"), (row, "0.5 s")):
+                runs = r["runs"]
+                out.append(
+                    f"| {key.rsplit('/', 1)[0]} | {label} | {r['per_call']:,} | {r['background']:,} |"
+                    f" {runs[str(n_lo)].get('ticks')} / {runs[str(n_hi)].get('ticks')} |"
+                    f" {runs[str(n_lo)].get('posts')} / {runs[str(n_hi)].get('posts')} |"
+                )
+        out.append("")
+    for cell, prof in data.get("profiles", {}).items():
+        if cell not in ("chat/sync", "chat/stream", "messages/sync"):
+            continue
+        out.append(
+            f"Where costwatch's instructions go, {cell} (`callgrind_annotate`, self instructions per call, costwatch's slope minus the uninstrumented slope, all threads; C functions — Python code shows as the interpreter's):\n"
+        )
+        out.append("| function | added per call |\n| --- | ---: |")
+        for fn, v in prof["added_by_function"][:15]:
+            out.append(f"| `{fn}` | {v:,} |")
+        out.append("")
+    if data.get("peers_note"):
+        out.append(data["peers_note"] + "\n")
+    return "\n".join(out)
+
+
 SECTION_WRITERS = {
+    "instructions": instructions,
     "overhead": overhead,
     "callpath": callpath,
     "ingest": ingest,
@@ -408,7 +531,7 @@ def write() -> Path:
     )
     parts.append(
         "Reproduce: `python -m bench` (or `./dev bench`) runs every section and rewrites this page;"
-        " `python -m bench [--quick] overhead callpath ingest query killswitch spool footprint` runs a"
+        " `python -m bench [--quick] instructions overhead callpath ingest query killswitch spool footprint` runs a"
         " subset (the page keeps the other sections' last results, each stamped with its own command and"
         " time). The first run builds the peer environments under `bench/.venvs/` with pip (exact pins,"
         " needs PyPI). Raw results: `bench/.results/*.json`.\n"
@@ -420,7 +543,8 @@ def write() -> Path:
         if data is None:
             sections.append(f"## {name}\n\n_Not measured yet._\n")
             continue
-        machine = machine or data.get("machine")
+        if name != "instructions":  # the Machine section describes the wall-clock sections' runs
+            machine = machine or data.get("machine")
         try:
             sections.append(writer(data))
         except Exception as exc:  # a report bug must not lose the others
@@ -434,7 +558,7 @@ def write() -> Path:
             " (env `main`, bench/.venvs/otel), `openlit` 1.45.0 with openai 2.54.0 / anthropic 0.125.0"
             " (env `old`, bench/.venvs/old); both built by `bench/venvs.py` with exact pins.\n"
         )
-    sections.insert(5, footprint())
+    sections.insert(6, footprint())
     parts += sections
     if NOTES.exists():
         parts.append(NOTES.read_text())

@@ -185,7 +185,7 @@ def new_event_id(now: float | None = None) -> str:
     ms = int((time.time() if now is None else now) * 1000) & 0xFFFFFFFFFFFF
     rand = _id_bits(74)  # 12 bits rand_a, then 62 bits rand_b (14 + 48)
     variant = 0x8000 | ((rand >> 48) & 0x3FFF)  # variant 0b10, then 14 bits of rand_b
-    return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{rand >> 62:03x}-{variant:04x}-{rand & 0xFFFFFFFFFFFF:012x}"
+    return "%08x-%04x-7%03x-%04x-%012x" % (ms >> 16, ms & 0xFFFF, rand >> 62, variant, rand & 0xFFFFFFFFFFFF)  # noqa: UP031 (faster than the f-string)
 
 
 def local_host() -> str:

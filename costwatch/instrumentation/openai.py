@@ -16,16 +16,22 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from costwatch.instrumentation.providers import (
     COMPLETIONS,
     EMBEDDINGS,
     RESPONSES,
+    TYPED_ERRORS,
+    Cost,
     StreamFacts,
+    Tokens,
     Usage,
     as_cost,
     as_int,
     as_label,
+    named_blocks,
+    time_at,
 )
 from costwatch.instrumentation.sse import SSEvent
 
@@ -77,6 +83,97 @@ def from_body(api: str, body: Any) -> tuple[Usage | None, str | None]:
     return usage, model if isinstance(model, str) else None
 
 
+class _Details(msgspec.Struct):
+    cached_tokens: Tokens | None = None
+    cache_write_tokens: Tokens | None = None
+    reasoning_tokens: Tokens | None = None
+
+
+class _TypedUsage(msgspec.Struct):
+    prompt_tokens: Tokens | UnsetType | None = UNSET  # UNSET: absent (decides chat vs Responses shape)
+    completion_tokens: Tokens | None = None
+    input_tokens: Tokens | UnsetType | None = UNSET
+    output_tokens: Tokens | None = None
+    prompt_tokens_details: _Details | None = None
+    completion_tokens_details: _Details | None = None
+    input_tokens_details: _Details | None = None
+    output_tokens_details: _Details | None = None
+    cost: Cost | None = None
+
+
+class _TypedBody(msgspec.Struct):
+    model: Any = None
+    usage: _TypedUsage | None = None
+    service_tier: Any = None
+
+
+_body_decoder = msgspec.json.Decoder(_TypedBody)
+_NO_COUNTS = (None, None, None, None, None)
+
+
+class _ChunkDelta(msgspec.Struct):
+    content: Any = None
+    tool_calls: Any = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _ChunkDelta | None = None
+    text: Any = None  # completions
+
+
+class _Chunk(msgspec.Struct):
+    """A chat/completions stream chunk as `_first_content` reads it (a value of another shape fails)."""
+
+    model: Any = None
+    choices: list[_ChunkChoice] | None = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+_NO_DETAILS = _Details()
+
+
+def from_bytes(api: str, data: bytes) -> tuple[Usage | None, str | None] | None:
+    """`from_body` straight from the body's bytes with a typed decode (the rest is skipped in C).
+
+    None when the body does not fit the typed shape (not an object, a count that `as_int`
+    would refuse, details that are not objects…): the caller then decodes generically and
+    `from_body` gives the answer, so both paths agree by construction.
+    """
+    try:
+        body = _body_decoder.decode(data)
+    except TYPED_ERRORS:
+        return None
+    model = body.model
+    typed = body.usage
+    usage: Usage | None = None
+    if typed is not None:
+        if api == RESPONSES or (typed.input_tokens is not UNSET and typed.prompt_tokens is UNSET):
+            in_details = typed.input_tokens_details or _NO_DETAILS
+            usage = Usage(
+                None if typed.input_tokens is UNSET else typed.input_tokens,  # type: ignore[arg-type]
+                typed.output_tokens,
+                in_details.cached_tokens,
+                in_details.cache_write_tokens,
+                (typed.output_tokens_details or _NO_DETAILS).reasoning_tokens,
+                cost_usd=typed.cost,
+            )
+        else:
+            prompt_details = typed.prompt_tokens_details or _NO_DETAILS
+            output = typed.completion_tokens
+            if api == EMBEDDINGS and output is None:
+                output = 0
+            usage = Usage(
+                None if typed.prompt_tokens is UNSET else typed.prompt_tokens,  # type: ignore[arg-type]
+                output,
+                prompt_details.cached_tokens,
+                prompt_details.cache_write_tokens,
+                (typed.completion_tokens_details or _NO_DETAILS).reasoning_tokens,
+                cost_usd=typed.cost,
+            )
+        usage = _with_tier(usage, body.service_tier)
+    return usage, model if isinstance(model, str) else None
+
+
 _decode = msgspec.json.decode
 _DecodeError = (msgspec.DecodeError, ValueError)
 
@@ -121,8 +218,10 @@ def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | No
     count only feeds estimates, which a stream with its usage does not need; a stream
     without usage goes to the general path, which counts it.
     """
-    if api == RESPONSES or not chunks:
+    if not chunks:
         return None
+    if api == RESPONSES:
+        return _scan_response_chunks(chunks)
     data = b"".join([chunk for chunk, _ in chunks])
     if not data.endswith(b"\n\n" + _DONE) or b"\r" in data:
         return None
@@ -139,6 +238,47 @@ def scan_chunks(api: str, chunks: list[tuple[bytes, float]]) -> StreamFacts | No
     return StreamFacts(usage, True, model or first_model, first_t, 0, True)
 
 
+_RESPONSE_OBJECT_EVENTS = frozenset({b"response.created", *(e.encode() for e in _TERMINAL_RESPONSE_EVENTS)})
+
+
+def _scan_response_chunks(chunks: list[tuple[bytes, float]]) -> StreamFacts | None:
+    """A complete Responses stream with its final usage, at byte level; else None (`scan_stream`).
+
+    Each block's type is read from its bytes (`named_blocks`): only the events that carry
+    the response object and the first ``.delta`` (TTFT) are decoded. Without a final
+    output count the general path runs, which counts the generated text for the estimate.
+    """
+    blocks = named_blocks(b"".join([chunk for chunk, _ in chunks]))
+    if blocks is None:
+        return None
+    usage: Usage | None = None
+    model: str | None = None
+    first_t: float | None = None
+    terminal = False
+    for name, payload, end in blocks:
+        if name.endswith(b".delta"):
+            if first_t is None:
+                if not isinstance(_load(payload), dict):
+                    return None
+                first_t = time_at(chunks, end)
+            continue
+        if name not in _RESPONSE_OBJECT_EVENTS:
+            continue  # neither text nor the response object: the general path reads nothing there either
+        data = _load(payload)
+        if not isinstance(data, dict):
+            return None
+        response = data.get("response") or {}
+        if isinstance(response, dict):
+            model = response.get("model") or model
+            if name != b"response.created":
+                terminal = True
+                found = normalize_usage(RESPONSES, response.get("usage"))
+                usage = _with_tier(found, response.get("service_tier")) or usage
+    if usage is None or usage.output_tokens is None:
+        return None
+    return StreamFacts(usage, True, model, first_t, 0, terminal)
+
+
 def _last_usage(api: str, data: bytes, done: int) -> tuple[Usage | None, str | None]:
     """(usage, model) of the last event with usage, walking back from ``[DONE]``."""
     end = done - 2  # each block ends where its blank line starts
@@ -147,7 +287,16 @@ def _last_usage(api: str, data: bytes, done: int) -> tuple[Usage | None, str | N
         start = sep + 2 if sep >= 0 else 0  # no separator before it: the first block
         block = data[start:end]
         if _has_usage(block):
-            found = _event_data(block)
+            if block[:6] == b"data: " and b"\n" not in block:
+                typed = from_bytes(api, block[6:])
+                if typed is not None:
+                    usage = typed[0]
+                    if usage is None:  # "usage": null or absent: falsy, as below
+                        end = start - 2
+                        continue
+                    if usage[:5] != _NO_COUNTS or usage.cost_usd is not None:  # a non-empty usage object
+                        return typed
+            found = _event_data(block)  # anything the typed decode cannot tell: the generic decode
             if isinstance(found, dict) and found.get("usage"):
                 model = found.get("model")
                 usage = _with_tier(normalize_usage(api, found["usage"]), found.get("service_tier"))
@@ -164,14 +313,34 @@ def _first_content(
     start = 0
     while start < done:
         end = data.find(b"\n\n", start)
-        found = _event_data(data[start:end])
+        block = data[start:end]
         start = end + 2
+        if block[:6] == b"data: " and b"\n" not in block:
+            try:
+                chunk = _chunk_decoder.decode(block[6:])
+            except TYPED_ERRORS:
+                pass  # not the usual chunk: the generic decode below decides
+            else:
+                if model is None and isinstance(chunk.model, str):
+                    model = chunk.model
+                if chunk.choices:
+                    choice = chunk.choices[0]
+                    if api == COMPLETIONS:
+                        if isinstance(choice.text, str) and choice.text:
+                            return time_at(chunks, start), model
+                    elif choice.delta is not None and (
+                        choice.delta.tool_calls
+                        or (isinstance(choice.delta.content, str) and choice.delta.content)
+                    ):
+                        return time_at(chunks, start), model
+                continue
+        found = _event_data(block)
         if not isinstance(found, dict):
             continue
         if model is None and isinstance(found.get("model"), str):
             model = found["model"]
         if _has_content(api, found):
-            return _time_at(chunks, start), model
+            return time_at(chunks, start), model
     return None, model
 
 
@@ -184,16 +353,6 @@ def _event_data(block: bytes) -> Any:
     if block[:1] == b":":  # a comment (keep-alive)
         return None
     raise _Unusual
-
-
-def _time_at(chunks: list[tuple[bytes, float]], offset: int) -> float:
-    """The timestamp of the chunk that brought byte ``offset - 1``: when that event was complete."""
-    seen = 0
-    for chunk, t in chunks:
-        seen += len(chunk)
-        if seen >= offset:
-            return t
-    return chunks[-1][1]
 
 
 def _has_content(api: str, data: dict[str, Any]) -> bool:

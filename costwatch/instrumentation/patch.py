@@ -27,9 +27,11 @@ id (read in the background, when the first attempt's event is built).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
+import sys
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
@@ -67,15 +69,52 @@ _originals: dict[tuple[type, str], Any] = {}
 _limiter: limits.Limiter | None = None  # hard budgets and rate limits (None with emitter doubles)
 
 
+LIBRARIES = ("httpx2", "httpx")
+
+
 def libraries() -> list[ModuleType]:
-    """httpx2 and httpx, whichever import (neither is assumed)."""
-    libs = []
-    for name in ("httpx2", "httpx"):
-        try:
-            libs.append(__import__(name))
-        except ImportError:
-            continue
-    return libs
+    """httpx2 and httpx, whichever are imported (neither is assumed, neither is imported here)."""
+    return [sys.modules[name] for name in LIBRARIES if sys.modules.get(name) is not None]
+
+
+class _PatchOnImport:
+    """Patches httpx2 / httpx when the app imports them after ``instrument()``.
+
+    Importing them ourselves would cost the app their import time even when it never
+    uses one of them (``httpx`` alone brings its CLI's ``rich``, ``click`` and ``pygments``:
+    most of ``import costwatch.autoinstrument``'s time). The finder only wraps the real
+    loader's ``exec_module``; the module is patched right after it ran.
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in LIBRARIES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_and_patch(module: ModuleType) -> None:
+            exec_module(module)
+            try:
+                if _state is not None:
+                    _patch_library(module)
+            except Exception:
+                guard.report("patch.on_import")
+
+        loader.exec_module = exec_and_patch  # type: ignore[union-attr]
+        return spec
+
+
+_finder = _PatchOnImport()
 
 
 def install(state: State) -> None:
@@ -89,15 +128,21 @@ def install(state: State) -> None:
         except Exception:
             guard.report("limits.start")
     for lib in libraries():
-        sync_proxy, async_proxy = stream_classes(lib)
-        for cls, factory, proxy in (
-            (lib.Client, _make_sync_send, sync_proxy),
-            (lib.AsyncClient, _make_async_send, async_proxy),
-        ):
-            if (cls, "send") not in _originals:
-                original = cls.__dict__["send"]
-                _originals[(cls, "send")] = original
-                cls.send = factory(original, proxy)
+        _patch_library(lib)
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
+
+
+def _patch_library(lib: ModuleType) -> None:
+    sync_proxy, async_proxy = stream_classes(lib)
+    for cls, factory, proxy in (
+        (lib.Client, _make_sync_send, sync_proxy),
+        (lib.AsyncClient, _make_async_send, async_proxy),
+    ):
+        if (cls, "send") not in _originals:
+            original = cls.__dict__["send"]
+            _originals[(cls, "send")] = original
+            cls.send = factory(original, proxy)
 
 
 def uninstall() -> None:
@@ -105,13 +150,15 @@ def uninstall() -> None:
     global _state
     _state = None
     _close_limiter()
+    with contextlib.suppress(ValueError):
+        sys.meta_path.remove(_finder)
     for (cls, name), original in list(_originals.items()):
         setattr(cls, name, original)
         del _originals[(cls, name)]
 
 
 def is_installed() -> bool:
-    return bool(_originals)
+    return _state is not None
 
 
 def _close_limiter() -> None:
@@ -189,7 +236,7 @@ def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None,
     endpoint = recognize(path)
     if endpoint is None:
         return None, request, None
-    retry = request.headers.get("x-stainless-retry-count")
+    retry = _retry_count(request.headers)
     current = _current_call.get()
     if retry is not None and retry != "0" and current is not None and current[1] == path:
         call = current[0]
@@ -211,6 +258,7 @@ def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None,
         spans.current_context(),
         emitter.submit,
     )
+    record.url_path = path
     if gate is not None:
         record.gate = gate  # type: ignore[attr-defined]
     killswitch = emitter.killswitch
@@ -229,6 +277,30 @@ def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None,
             record.request = request = rewritten
             record.filter = UsageChunkFilter()
     return record, request, None
+
+
+_RETRY_HEADER = b"x-stainless-retry-count"
+
+
+def _retry_count(headers: Any) -> str | None:
+    """``headers.get("x-stainless-retry-count")`` from httpx(2)'s raw list.
+
+    ``Headers.get`` first works out the encoding of every header of the request (each
+    decoded, per request); one ASCII value decodes the same whatever that encoding is.
+    A repeated or non-ASCII value, or another headers type, goes through ``get`` as before.
+    """
+    items = getattr(headers, "_list", None)
+    if type(items) is not list or (items and len(items[0]) != 3):
+        return headers.get("x-stainless-retry-count")
+    found = None
+    for _, lower, value in items:
+        if lower == _RETRY_HEADER:
+            if found is not None:
+                return headers.get("x-stainless-retry-count")
+            found = value
+    if found is None:
+        return None
+    return found.decode("ascii") if found.isascii() else headers.get("x-stainless-retry-count")
 
 
 def _end(record: CallRecord, response: Any, proxy: type) -> None:

@@ -13,7 +13,9 @@ route or the host ends with ``.openai.azure.com`` (GenAI semconv value);
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
+
+import msgspec
 
 OPENAI = "openai"
 AZURE_OPENAI = "azure.openai"
@@ -116,6 +118,10 @@ def as_int(value: object) -> int | None:
     return None
 
 
+# Typed-decode counterparts of `as_int` / `as_cost`: a value they would not accept fails the
+# typed decode as a whole, and the caller falls back to the generic path (same result).
+Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+
 MAX_LABEL = 64  # the event schema's bound for service_tier, speed, inference_geo
 MAX_COST_USD = 1e9
 
@@ -127,8 +133,55 @@ def as_label(value: object) -> str | None:
     return None
 
 
+Cost = Annotated[float, msgspec.Meta(ge=0, le=1e9)]  # = MAX_COST_USD; JSON ints decode as floats
+TYPED_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
+
+
 def as_cost(value: object) -> float | None:
     """A reported cost in USD: a finite non-negative number (bools and junk are 'unknown')."""
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= MAX_COST_USD:
         return float(value)
     return None
+
+
+def time_at(chunks: list[tuple[bytes, float]], offset: int) -> float:
+    """The timestamp of the chunk that brought byte ``offset - 1`` (when an event ending there was complete)."""
+    seen = 0
+    for chunk, t in chunks:
+        seen += len(chunk)
+        if seen >= offset:
+            return t
+    return chunks[-1][1]
+
+
+def named_blocks(data: bytes) -> list[tuple[bytes, bytes, int]] | None:
+    """``(event name, data payload, end offset)`` of each block of a plain named-event stream, or None.
+
+    Plain: LF only, complete (ends in a blank line), and every block exactly
+    ``event: NAME`` + one ``data: PAYLOAD`` line whose JSON starts with
+    ``{"type":"NAME"`` — the shape Anthropic and OpenAI's Responses API send. The
+    payload's ``type`` is then known without decoding it. Anything else: None (the
+    caller takes the general SSE path).
+    """
+    if not data.endswith(b"\n\n") or b"\r" in data:
+        return None
+    blocks = []
+    start = 0
+    end_all = len(data)
+    while start < end_all:
+        end = data.find(b"\n\n", start)
+        nl = data.find(b"\n", start, end)
+        if (
+            data[start : start + 7] != b"event: "
+            or nl < 0
+            or data[nl + 1 : nl + 7] != b"data: "
+            or data.find(b"\n", nl + 1, end) >= 0
+        ):
+            return None
+        name = data[start + 7 : nl]
+        payload = data[nl + 7 : end]
+        if not payload.startswith(b'{"type":"' + name + b'"'):
+            return None
+        start = end + 2
+        blocks.append((name, payload, start))
+    return blocks

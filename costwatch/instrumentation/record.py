@@ -269,7 +269,8 @@ class CallRecord:
             self.request_body = _request_body(request)
             url = request.url
             self.server_address = _server_address(url)[:256]
-            self.url_path = url.path
+            if not self.url_path:  # the patch stores the path it recognized
+                self.url_path = url.path
             self.idempotency_key = _request_header(request.headers, b"idempotency-key")
         response = self.response
         if response is not None:
@@ -397,6 +398,14 @@ class CallRecord:
             data = b"" if self.truncated else b"".join(c for c, _ in self.chunks_head)
         else:
             data = self.body
+        if not data:
+            return None, None
+        # Typed decode of the few members needed (C speed); the generic path when the body
+        # does not fit the typed shape, which `from_body` then reads as before.
+        api = self.endpoint.api
+        fast = anthropic_usage.from_bytes(data) if api == MESSAGES else openai_usage.from_bytes(api, data)
+        if fast is not None:
+            return fast
         body = _response_fields(data)
         if body is None:
             return None, None
@@ -406,8 +415,11 @@ class CallRecord:
 
     def _scan_stream(self) -> StreamFacts:
         api = self.endpoint.api
-        if api != MESSAGES and self.chunks_tail is None:
-            facts = openai_usage.scan_chunks(api, self.chunks_head)  # the usual stream, at byte level
+        if self.chunks_tail is None:  # the usual stream, at byte level
+            if api == MESSAGES:
+                facts = anthropic_usage.scan_chunks(self.chunks_head)
+            else:
+                facts = openai_usage.scan_chunks(api, self.chunks_head)
             if facts is not None:
                 return facts
         if self.truncated and self.chunks_tail is not None:
@@ -511,7 +523,7 @@ _RATELIMIT_HEADERS = {
     ),
 }
 _REPEATED = b""  # marks a header sent twice (joined "a, b" it is not a number)
-_NO_RATELIMITS: tuple[int | None, ...] = (None, None, None, None)
+_NO_RATELIMITS: list[int | None] = [None, None, None, None]
 
 
 def _header_values(headers: Any) -> dict[bytes, bytes]:
@@ -555,11 +567,21 @@ def _request_header(headers: Any, name: bytes) -> str | None:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-def _ratelimits(headers: dict[bytes, bytes], anthropic: bool) -> tuple[int | None, ...]:
+def _ratelimits(headers: dict[bytes, bytes], anthropic: bool) -> list[int | None]:
     """The four rate-limit counts (None: absent, repeated or not a count)."""
-    names = _RATELIMIT_HEADERS[anthropic]
+    counts: list[int | None] = []
     get = headers.get
-    return _count(get(names[0])), _count(get(names[1])), _count(get(names[2])), _count(get(names[3]))
+    for name in _RATELIMIT_HEADERS[anthropic]:
+        value = get(name)
+        if value and value.isdigit():  # the usual case, inline: `_count` without its strip
+            count = int(value)
+            counts.append(count if count < _MAX_COUNT else _MAX_COUNT)
+        else:
+            counts.append(_count(value))
+    return counts
+
+
+_MAX_COUNT = 10**12
 
 
 def _count(value: bytes | None) -> int | None:

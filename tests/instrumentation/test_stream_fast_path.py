@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from costwatch.instrumentation import anthropic as anthropic_usage
 from costwatch.instrumentation import openai as openai_usage
 from costwatch.instrumentation.sse import iter_events
 from tests.fakes.provider import FIXTURES
@@ -120,3 +121,57 @@ def test_unusual_shapes_fall_back() -> None:
     assert _fast("chat", [chunks[0], *named]) is None
     comment = [chunks[0], (b": keep-alive\n\n", 0.5), *chunks[1:]]  # a comment is one line, skipped
     assert _fast("chat", comment) == _general("chat", comment)
+
+
+# Named-event streams (Anthropic Messages, OpenAI Responses): `named_blocks` reads each block's
+# type from its bytes, so only the events that carry usage and the first delta are decoded.
+NAMED_FIXTURES = sorted(
+    p.name
+    for p in [*FIXTURES.glob("anthropic_stream_*.sse"), *FIXTURES.glob("openai_responses_stream_*.sse")]
+)
+
+
+def _named_general(name: str, chunks: list[tuple[bytes, float]]) -> tuple[object, ...]:
+    events = list(iter_events(chunks))
+    if name.startswith("anthropic"):
+        facts = anthropic_usage.scan_stream(events)
+    else:
+        facts = openai_usage.scan_stream("responses", events)
+    return facts.usage, facts.usage_final, facts.response_model, facts.first_content_t, facts.terminal
+
+
+def _named_fast(name: str, chunks: list[tuple[bytes, float]]) -> tuple[object, ...] | None:
+    if name.startswith("anthropic"):
+        facts = anthropic_usage.scan_chunks(chunks)
+    else:
+        facts = openai_usage.scan_chunks("responses", chunks)
+    if facts is None:
+        return None
+    return facts.usage, facts.usage_final, facts.response_model, facts.first_content_t, facts.terminal
+
+
+@pytest.mark.parametrize("name", NAMED_FIXTURES)
+@pytest.mark.parametrize("seed", range(6))
+def test_named_streams_agree(name: str, seed: int) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    chunks = _one_event_per_chunk(raw) if seed == 0 else _cut(raw, random.Random(seed))
+    general = _named_general(name, chunks)
+    fast = _named_fast(name, chunks)
+    if general[1] and general[0] is not None and general[0].output_tokens is not None:  # type: ignore[attr-defined]
+        assert fast is not None, "a plain stream with its final usage takes the fast path"
+    if fast is not None:
+        assert fast == general
+
+
+def test_named_unusual_shapes_fall_back() -> None:
+    name = next(n for n in NAMED_FIXTURES if n.startswith("anthropic"))
+    chunks = _one_event_per_chunk((FIXTURES / name).read_bytes())
+    assert _named_fast(name, chunks) is not None
+    crlf = [(c.replace(b"\n", b"\r\n"), t) for c, t in chunks]
+    assert _named_fast(name, crlf) is None
+    unfinished = [*chunks[:-1], (chunks[-1][0][:-1], chunks[-1][1])]
+    assert _named_fast(name, unfinished) is None
+    mislabelled = [(chunks[0][0].replace(b"event: message_start", b"event: ping"), 0.0), *chunks[1:]]
+    assert _named_fast(name, mislabelled) is None  # the data's type decides, as in the general path
+    no_usage = [(c, t) for c, t in chunks if b"message_delta" not in c]
+    assert _named_fast(name, no_usage) is None  # no final usage: the general path counts the text
