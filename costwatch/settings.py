@@ -213,7 +213,8 @@ class DaemonSettings(_FromEnvThenFile):
 
     @property
     def db_path(self) -> Path:
-        return self.db or self.state_dir / "costwatch.duckdb"
+        """Absolute: `costwatch status` shows it to an operator whose working directory is not the daemon's."""
+        return (self.db or self.state_dir / "costwatch.duckdb").expanduser().absolute()
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):

@@ -156,6 +156,8 @@ def test_daemon_process_lifecycle(env: dict[str, str], tmp_path: Path, daemon_pr
     assert f"offline: read {db} directly" in out.stderr
     status = cli(env, "status", "--db", str(tmp_path / "cw.duckdb")).stdout
     assert f"daemon: not consulted (offline read of {db})" in status and "runaway loop" in status
+    relative = cli(env, "status", "--db", "cw.duckdb").stdout  # the CLI runs in tmp_path: shown absolute
+    assert f"daemon: not consulted (offline read of {db})" in relative
     assert "estimated usage: 0 events" in status  # the file's summary has it too
     # Without --db nothing falls back to the file: the daemon is down, and the commands say so.
     for args in (
