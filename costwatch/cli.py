@@ -12,9 +12,9 @@ if it is the one at the URL. Errors are one line on stderr with exit status 1
 Start-up is on the kill switch's critical path (an operator's `costwatch kill`
 until the processes refuse calls), so this module imports only the standard
 library at the top: the daemon's address comes from `costwatch.sources` (no
-pydantic), requests go out on one `http.client` connection, and pydantic,
+pydantic), requests go out on one `costwatch.connection` connection, and pydantic,
 duckdb and the daemon's modules are imported only by the paths that need them
-(the daemon itself, or the fallback that opens the file when no daemon answers).
+(the daemon itself, or ``--db PATH`` working on the file offline).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from costwatch.money import fmt_usd
 
 TYPE_CHECKING = False  # not `typing`'s: the light path does not import typing (see costwatch.sources)
 if TYPE_CHECKING:
-    import http.client
     from typing import Any, NoReturn
 
     from costwatch.sources import DaemonEndpoint
@@ -124,7 +123,7 @@ def client_for(args: argparse.Namespace) -> Client:
 
 
 class Client:
-    """The daemon's HTTP API as seen from the CLI: one kept-alive ``http.client`` connection.
+    """The daemon's HTTP API as seen from the CLI, over one `DaemonConnection`.
 
     Every failure is a `CLIError` that names the URL: nothing answering, an answer that
     never came (a hung daemon), or one that is not a costwatch daemon's. There is no file
@@ -134,12 +133,13 @@ class Client:
     connect_timeout_s = 1.0
 
     def __init__(self, endpoint: DaemonEndpoint, timeout: float | None = None) -> None:
+        from costwatch.connection import DaemonConnection
+
         self.timeout = timeout  # --timeout: replaces each request's own default
         self.endpoint = endpoint
         self.url = endpoint.url
         self.token = endpoint.token
-        self._https, self._host, self._port, self._prefix = endpoint.parts
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn = DaemonConnection(endpoint.url, self.connect_timeout_s)
 
     def request(
         self,
@@ -158,6 +158,8 @@ class Client:
         import http.client
         import json
 
+        from costwatch.connection import NotConnected
+
         timeout = self.timeout or timeout
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
@@ -165,30 +167,18 @@ class Client:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        for attempt in (0, 1):
-            reused = self._conn is not None
-            conn = self._connection(timeout, not_done)
-            try:
-                conn.request(method, self._prefix + path, body=payload, headers=headers)
-                response = conn.getresponse()
-                status, raw = response.status, response.read()
-                break
-            except TimeoutError:
-                self.close()
-                unknown = "; it is not known whether it took effect" if not_done else ""
-                raise CLIError(
-                    f"the daemon at {self.url} accepted the connection but did not answer"
-                    f" within {timeout:g} s{unknown}"
-                ) from None
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                # A kept-alive connection the daemon closed meanwhile is retried once.
-                stale = isinstance(
-                    exc, ConnectionResetError | BrokenPipeError | http.client.RemoteDisconnected
-                )
-                if attempt or not reused or not stale:
-                    unknown = "; it is not known whether it took effect" if not_done else ""
-                    raise CLIError(f"the daemon at {self.url} failed to answer: {exc!r}{unknown}") from None
+        unknown = "; it is not known whether it took effect" if not_done else ""
+        try:
+            status, raw = self._conn.request(method, path, payload, headers, timeout)
+        except NotConnected as exc:
+            raise CLIError(f"no daemon answered at {self.url} ({exc}){not_done}") from None
+        except TimeoutError:
+            raise CLIError(
+                f"the daemon at {self.url} accepted the connection but did not answer"
+                f" within {timeout:g} s{unknown}"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise CLIError(f"the daemon at {self.url} failed to answer: {exc!r}{unknown}") from None
         try:
             data = json.loads(raw)
         except ValueError:
@@ -207,27 +197,8 @@ class Client:
             raise CLIError(f"{self.url} did not answer like a costwatch daemon (no {expect}){not_done}")
         return data
 
-    def _connection(self, timeout: float, not_done: str) -> http.client.HTTPConnection:
-        import http.client
-
-        conn = self._conn
-        if conn is None or conn.sock is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self.connect_timeout_s)
-            try:
-                conn.connect()
-            except OSError as exc:
-                conn.close()
-                reason = exc.strerror or repr(exc)
-                raise CLIError(f"no daemon answered at {self.url} ({reason}){not_done}") from None
-            self._conn = conn
-        conn.sock.settimeout(timeout)  # type: ignore[union-attr]
-        return conn
-
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._conn.close()
 
 
 def _offline(args: argparse.Namespace) -> Any:

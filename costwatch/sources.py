@@ -147,15 +147,6 @@ class DaemonEndpoint(namedtuple("DaemonEndpoint", ("url", "token"))):
 
     __slots__ = ()
 
-    @property
-    def parts(self) -> tuple[bool, str, int, str]:
-        """(https?, host, port, path prefix) for ``http.client``."""
-        from urllib.parse import urlsplit
-
-        split = urlsplit(self.url)
-        https = split.scheme == "https"
-        return https, split.hostname or DEFAULT_HOST, split.port or (443 if https else 80), split.path
-
 
 def daemon_endpoint(url: str | None = None) -> DaemonEndpoint:
     """The daemon's URL and token for a client (the CLI, an app), without pydantic.

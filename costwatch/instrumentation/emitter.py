@@ -8,8 +8,8 @@ switch arrives one round trip after it is engaged whatever the flush interval.
 Drops are counted by named reason and reported to the daemon in the
 ``x-costwatch-dropped`` header.
 
-The transport is the stdlib ``http.client`` on purpose: ``httpx``/``httpx2`` are
-patched by our own instrumentation in this process.
+The transport is `costwatch.connection` (stdlib ``http.client``): ``httpx``/``httpx2``
+are patched by our own instrumentation in this process.
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ import http.client
 import logging
 import os
 import random
-import socket
 import threading
 import time
 import weakref
 from collections import deque
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import msgspec
 
 from costwatch import statefile
+from costwatch.connection import DaemonConnection
 from costwatch.events import UsageEvent, encode, encode_many
 from costwatch.instrumentation import exit_budget, spans
 from costwatch.instrumentation.killswitch import KillSwitchView
@@ -109,14 +108,6 @@ class Emitter:
             fail_closed_after_s=settings.fail_closed_after_s,
             url=settings.url,
         )
-        url = urlsplit(settings.url)
-        self._https = url.scheme == "https"
-        self._host = url.hostname or "127.0.0.1"
-        self._port = url.port or (443 if self._https else 80)
-        self._base_path = url.path.rstrip("/")
-        # The daemon's state file: the kill switch and whether hard limits exist, known at import
-        # without a network wait (a hung daemon must not hold the app's first call).
-        self._state_path = statefile.path_for(settings.state_dir, self._port)
         self._state_stamp: int | None = None
         self.hard_limits = 0  # as the state file says; 0 also when there is no file
         self._batch = settings.batch_max_events
@@ -127,6 +118,9 @@ class Emitter:
         self._closed = False
         self._logged: set[tuple[str, type]] = set()
         self._reset_runtime()
+        # The daemon's state file: the kill switch and whether hard limits exist, known at import
+        # without a network wait (a hung daemon must not hold the app's first call).
+        self._state_path = statefile.path_for(settings.state_dir, self._conn.port)
         self._read_state_file()
         _live.add(self)
 
@@ -141,8 +135,8 @@ class Emitter:
         self._waiters: list[_Waiter] = []
         self._wake = threading.Event()
         self._stop = False
-        self._conn: http.client.HTTPConnection | None = None
-        self._watch_conn: http.client.HTTPConnection | None = None  # the kill-switch long poll's own
+        self._conn = DaemonConnection(self.settings.url, self.connect_timeout_s)
+        self._watch_conn = DaemonConnection(self.settings.url, self.connect_timeout_s)  # the long poll's
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
         self._token: str | None = None
@@ -244,9 +238,7 @@ class Emitter:
         if not ok or (thread is not None and thread.is_alive()):
             self._spool_leftovers()
         if thread is None or not thread.is_alive():
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
+            self._conn.close()
         self._spool.close()
 
     def _read_state_file(self) -> None:
@@ -492,34 +484,10 @@ class Emitter:
     def _request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str], watch: bool = False
     ) -> tuple[int, bytes]:
-        """A request on a kept-alive connection (the long poll has its own); a stale one is retried once."""
-        slot = "_watch_conn" if watch else "_conn"
-        read_timeout = self._watch_wait_s + 5.0 if watch else self.read_timeout_s
-        for attempt in (0, 1):
-            conn = getattr(self, slot)
-            reused = conn is not None and conn.sock is not None
-            if conn is None:
-                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                conn = cls(self._host, self._port, timeout=self.connect_timeout_s)
-                setattr(self, slot, conn)
-            try:
-                if conn.sock is None:
-                    conn.connect()
-                    conn.sock.settimeout(read_timeout)  # type: ignore[union-attr]
-                conn.request(method, self._base_path + path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                return response.status, data
-            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
-                conn.close()
-                setattr(self, slot, None)
-                if attempt or not reused:
-                    raise
-            except BaseException:
-                conn.close()
-                setattr(self, slot, None)
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        """A request on a kept-alive connection (the long poll has its own)."""
+        if watch:
+            return self._watch_conn.request(method, path, body, headers, self._watch_wait_s + 5.0)
+        return self._conn.request(method, path, body, headers, self.read_timeout_s)
 
     # -- kill-switch polling and spool replay ---------------------------------------------
 
@@ -575,17 +543,11 @@ class Emitter:
     def _stop_watching(self, timeout: float = 0.5) -> None:
         """Stop the long-poll thread: shutting its socket down ends the read it is blocked in."""
         self._stopping.set()
-        conn = self._watch_conn
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self._watch_conn.interrupt()
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
             watcher.join(timeout)
-        conn, self._watch_conn = self._watch_conn, None
-        if conn is not None:
-            conn.close()
+        self._watch_conn.close()
 
     def _maybe_replay(self) -> None:
         """Replay one spool file per tick (ours or a dead process's) while the daemon answers.
@@ -621,9 +583,7 @@ class Emitter:
             spool_only = remaining < 1.0 or self._backoff.waiting
             # Keep within the deadline: a hanging daemon costs at most one short read timeout,
             # then the backoff sends the rest to the spool.
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
+            self._conn.close()
             saved = self.read_timeout_s
             self.read_timeout_s = max(0.1, min(saved, remaining - 0.5))
             try:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import http.client
 import logging
 import math
 import os
@@ -40,10 +39,10 @@ import time
 import uuid
 import weakref
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
+from costwatch.connection import DaemonConnection
 from costwatch.errors import BudgetExhausted, CallBlocked, RateLimited
 from costwatch.instrumentation import exit_budget
 from costwatch.instrumentation.bounds import input_bound
@@ -246,11 +245,6 @@ class Limiter:
         self.app = app
         self.fail_closed = bool(settings.fail_closed)
         self._settings = settings
-        url = urlsplit(settings.url)
-        self._https = url.scheme == "https"
-        self._host = url.hostname or "127.0.0.1"
-        self._port = url.port or (443 if self._https else 80)
-        self._base = url.path.rstrip("/")
         self.active = True  # until the daemon says there is nothing to enforce
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -266,7 +260,7 @@ class Limiter:
         self._wanted_prices: set[str] = set()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn = DaemonConnection(settings.url, self.connect_timeout_s)
         self._pid = os.getpid()
         self._last_exchange = time.monotonic()
         self.holder = f"{socket.gethostname()}:{self._pid}:{uuid.uuid4().hex[:8]}"
@@ -312,9 +306,7 @@ class Limiter:
             with contextlib.suppress(Exception):
                 payload = {"holder": self.holder, "app": self.app, "release": True, "slices": slices}
                 self._post(payload, timeout=left)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
 
     # -- hot path -----------------------------------------------------------------------------
 
@@ -683,32 +675,11 @@ class Limiter:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        for attempt in (0, 1):
-            conn = self._conn
-            if conn is None:
-                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                conn = self._conn = cls(self._host, self._port, timeout=self.connect_timeout_s)
-            try:
-                if conn.sock is None:
-                    conn.connect()
-                conn.sock.settimeout(timeout or self.read_timeout_s)  # type: ignore[union-attr]
-                conn.request("POST", self._base + "/v1/leases", body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                break
-            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
-                conn.close()
-                self._conn = None
-                if attempt:
-                    raise
-            except BaseException:
-                conn.close()
-                self._conn = None
-                raise
-        if response.status == 404:  # a daemon without leases: nothing to enforce
+        status, data = self._conn.request("POST", "/v1/leases", body, headers, timeout or self.read_timeout_s)
+        if status == 404:  # a daemon without leases: nothing to enforce
             return _Reply()
-        if response.status != 200:
-            raise OSError(f"lease exchange answered {response.status}: {data[:200]!r}")
+        if status != 200:
+            raise OSError(f"lease exchange answered {status}: {data[:200]!r}")
         return _reply_decoder.decode(data)
 
     def stats(self) -> dict[str, Any]:
@@ -795,7 +766,7 @@ def _after_fork_in_child() -> None:
             limiter._lock = threading.Lock()
             limiter._slices = {}
             limiter._pid = os.getpid()
-            limiter._conn = None
+            limiter._conn = DaemonConnection(limiter._settings.url, limiter.connect_timeout_s)
             limiter._thread = None
             limiter._wake = threading.Event()
             limiter._started = limiter._completed = 0
