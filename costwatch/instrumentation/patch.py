@@ -232,7 +232,11 @@ def _make_async_send(original: Any, proxy: type) -> Any:
 def _begin(state: State, request: Any, stream: bool) -> tuple[CallRecord | None, Any, BaseException | None]:
     """Recognize, group, check the kill switch, maybe inject include_usage → (record, request, error)."""
     url = request.url
-    path = url.path
+    # The parsed path without `URL.path`'s percent-decoding pass (one Python call per request);
+    # an encoded path still gets the decoded form.
+    path = getattr(url, "_uri_reference", url).path
+    if "%" in path:
+        path = url.path
     endpoint = recognize(path)
     if endpoint is None:
         return None, request, None

@@ -636,8 +636,13 @@ def _retry(value: str | None) -> int:
 
 
 def _server_address(url: Any) -> str:
-    host = url.host
-    return f"{host}:{url.port}" if url.port else host
+    """``host[:port]`` from the parsed URL (httpx(2)'s ``host``/``port`` are properties over it)."""
+    ref = getattr(url, "_uri_reference", None)
+    if ref is None or "xn--" in ref.host:  # an IDNA host: `URL.host` decodes it
+        host, port = url.host, url.port
+    else:
+        host, port = ref.host, ref.port
+    return f"{host}:{port}" if port else host
 
 
 __all__ = ["CallId", "CallRecord", "classify_exception", "guard", "scrub"]

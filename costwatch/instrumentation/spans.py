@@ -47,13 +47,22 @@ _batch = threading.local()  # .tracer: pinned by `pin()` for one emitter batch
 
 
 def current_context() -> Any:
-    """Call path: the parent context, or None when OpenTelemetry is absent."""
-    return _otel_context.get_current() if _otel_context is not None else None
+    """Call path: the parent context; None when OpenTelemetry is absent or no provider is set.
+
+    Without a provider there is no recording span to be the parent and no span of ours
+    to emit, so the call path skips the API's context lookup (two Python frames per call).
+    """
+    if _otel_context is None or (_trace._TRACER_PROVIDER is None and tracer_provider is _global_provider):
+        return None
+    return _otel_context.get_current()
 
 
 def tracer_provider() -> Any:
     """The global provider (a seam for tests, which cannot reset the global one)."""
     return _trace.get_tracer_provider()
+
+
+_global_provider = tracer_provider
 
 
 def pin() -> None:

@@ -111,6 +111,24 @@ def test_custom_transport_and_azure_path(instrumented: RecordingEmitter) -> None
     assert (event.input_tokens, event.output_tokens) == (3, 2)
 
 
+@pytest.mark.parametrize("lib", [httpx, HTTP], ids=["httpx", "httpx2"])
+def test_encoded_paths_idna_hosts_and_ports_read_as_the_url_properties_give_them(
+    instrumented: RecordingEmitter, lib: Any
+) -> None:
+    """The call path reads the parsed URL directly; what it records matches ``URL.path``/``host``/``port``."""
+
+    def handler(request: Any) -> Any:
+        return lib.Response(200, json={"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+    with lib.Client(transport=lib.MockTransport(handler)) as c:
+        c.post("https://xn--fiqs8s.example:8443/openai/deployments/prod%204o/chat/completions", json={})
+        c.post("http://127.0.0.1:9/v1/chat%2Fcompletions", json={"model": "m"})
+    first, second = instrumented.wait_events(2)
+    assert first.server_address == "中国.example:8443"
+    assert (first.provider, first.request_model) == ("azure.openai", "prod 4o")
+    assert (second.server_address, second.operation, second.request_model) == ("127.0.0.1:9", "chat", "m")
+
+
 def test_clients_built_before_instrument_are_seen(
     fake_provider: FakeProvider, emitter: RecordingEmitter
 ) -> None:
