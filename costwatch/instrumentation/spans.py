@@ -86,7 +86,7 @@ def _lookup() -> Any:
         return None
     tracer = _tracers.get(id(provider))
     if tracer is None:
-        from costwatch import __version__
+        from costwatch._version import __version__
 
         tracer = _tracers[id(provider)] = provider.get_tracer("costwatch", __version__)
     return tracer
