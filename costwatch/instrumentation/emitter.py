@@ -31,12 +31,12 @@ from urllib.parse import urlsplit
 import msgspec
 
 from costwatch import statefile
+from costwatch.client_settings import ClientSettings
 from costwatch.events import UsageEvent, encode, encode_many
 from costwatch.instrumentation import exit_budget, spans
 from costwatch.instrumentation.killswitch import KillSwitchView
 from costwatch.instrumentation.spool import Spool
 from costwatch.protocol import IngestReply, KillSwitchState
-from costwatch.settings import ClientSettings
 
 __all__ = ["Emitter"]
 
