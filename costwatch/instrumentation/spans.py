@@ -21,17 +21,18 @@ cost, under both candidate conventions (see `costwatch.semconv`):
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
 from costwatch import semconv
 
-try:
-    from opentelemetry import context as _otel_context
-    from opentelemetry import trace as _trace
-except ImportError:  # pragma: no cover - opentelemetry-api is a dependency, but stay optional
-    _otel_context = None  # type: ignore[assignment]
-    _trace = None  # type: ignore[assignment]
+# OpenTelemetry is used only once the app has imported it (~20 ms of an app's start otherwise):
+# without `opentelemetry.context` there is no current span to be a parent, and without
+# `opentelemetry.trace` no SDK TracerProvider can have been set. Each module is taken once it is
+# in `sys.modules` (an import in progress in another thread is waited for by `import`).
+_otel_context: Any = None
+_trace: Any = None
 
 _OPERATIONS = {
     "chat": semconv.OPERATION_CHAT,
@@ -47,8 +48,32 @@ _batch = threading.local()  # .tracer: pinned by `pin()` for one emitter batch
 
 
 def current_context() -> Any:
-    """Call path: the parent context, or None when OpenTelemetry is absent."""
-    return _otel_context.get_current() if _otel_context is not None else None
+    """Call path: the parent context, or None while the app has not imported OpenTelemetry."""
+    otel_context = _otel_context
+    if otel_context is None:
+        otel_context = _adopt_context()
+        if otel_context is None:
+            return None
+    return otel_context.get_current()
+
+
+def _adopt_context() -> Any:
+    global _otel_context
+    if "opentelemetry.context" in sys.modules:
+        from opentelemetry import context
+
+        _otel_context = context
+    return _otel_context
+
+
+def _trace_api() -> Any:
+    """`opentelemetry.trace` once the app has imported it (the SDK does), else None."""
+    global _trace
+    if _trace is None and "opentelemetry.trace" in sys.modules:
+        from opentelemetry import trace
+
+        _trace = trace
+    return _trace
 
 
 def tracer_provider() -> Any:
@@ -79,7 +104,7 @@ def _tracer() -> Any:
 
 
 def _lookup() -> Any:
-    if _trace is None:
+    if _trace_api() is None:
         return None
     provider = tracer_provider()
     if isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)):
