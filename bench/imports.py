@@ -24,7 +24,7 @@ TARGET_MS = 30.0
 PRELUDES = ("", "openai")
 # Never imported by an app's costwatch (tests/test_app_imports.py holds the same list).
 HEAVY = ("pydantic", "pydantic_settings", "duckdb", "pyarrow", "starlette", "uvicorn", "apscheduler",
-         "apprise", "rich", "yaml", "platformdirs", "opentelemetry")  # fmt: skip
+         "apprise", "rich", "genai_prices", "prometheus_client", "opentelemetry", "platformdirs", "yaml")  # fmt: skip
 
 WORKER = """
 import gc, json, sys, time
