@@ -8,14 +8,21 @@ the import added (``len(gc.get_objects())`` after a full collection, before and 
 later full collection of the app walks). A real daemon runs (``COSTWATCH_URL``/``STATE_DIR``/token
 set as README says). One more process per prelude runs under ``-X importtime`` for the breakdown.
 
-Each run keeps the summaries of earlier runs (by commit) so the report shows before and after.
+Each run keeps the summaries of earlier runs (by commit) so the report shows before and after. With
+``COSTWATCH_BENCH_BASELINE=REV`` the section also measures that revision's ``costwatch`` (``git archive``,
+compiled, first on ``PYTHONPATH``) in processes alternating with the current tree's, so both see the
+same load.
 """
 
 from __future__ import annotations
 
+import compileall
 import json
+import os
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, env_for_children, mmm, start_daemon, tempdir
@@ -78,9 +85,33 @@ def _importtime(prelude: str, env: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _export(rev: str, dest: Path) -> Path:
+    """``costwatch/`` of a revision, compiled, in ``dest`` (for PYTHONPATH)."""
+    dest.mkdir(parents=True)
+    archive = dest / "tree.tar"
+    subprocess.run(["git", "archive", "-o", str(archive), rev, "costwatch"], cwd=ROOT, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    compileall.compile_dir(str(dest / "costwatch"), quiet=1)
+    return dest
+
+
+def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "samples": samples,
+        "cpu_ms": mmm([s["cpu_ms"] for s in samples]),
+        "wall_ms": mmm([s["wall_ms"] for s in samples]),
+        "objects": mmm([s["objects"] for s in samples]),
+        "modules": mmm([s["modules"] for s in samples]),
+        "heavy": sorted({h for s in samples for h in s["heavy"]}),
+    }
+
+
 def run(quick: bool, log: Any = print) -> dict[str, Any]:
     n = 5 if quick else 15
     results: dict[str, Any] = {}
+    baseline_rev = os.environ.get("COSTWATCH_BENCH_BASELINE")
+    baseline: dict[str, Any] = {}
     with tempdir("imports") as tmp:
         daemon = start_daemon(tmp / "daemon")
         try:
@@ -90,32 +121,35 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
                 COSTWATCH_STATE_DIR=str(tmp / "app"),
                 COSTWATCH_APP="bench-imports",
             )
+            trees = {"current": (ROOT, env)}
+            if baseline_rev:
+                old = _export(baseline_rev, tmp / "baseline")
+                trees["baseline"] = (old, {**env, "PYTHONPATH": str(old)})
             for prelude in PRELUDES:
-                samples = []
+                samples: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
                 for _ in range(n):
-                    done = subprocess.run(
-                        [sys.executable, "-c", WORKER, prelude, *HEAVY],
-                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
-                    )  # fmt: skip
-                    if done.returncode != 0:
-                        raise RuntimeError(f"import worker failed: {done.stderr[-2000:]}")
-                    samples.append(json.loads(done.stdout.splitlines()[-1]))
+                    for name, (cwd, tree_env) in trees.items():  # alternately: the same load for both
+                        done = subprocess.run(
+                            [sys.executable, "-c", WORKER, prelude, *HEAVY],
+                            capture_output=True, text=True, cwd=cwd, env=tree_env, timeout=120,
+                        )  # fmt: skip
+                        if done.returncode != 0:
+                            raise RuntimeError(f"import worker ({name}) failed: {done.stderr[-2000:]}")
+                        samples[name].append(json.loads(done.stdout.splitlines()[-1]))
                 key = prelude or "nothing"
                 tree = _importtime(prelude, env)
-                top = sorted((r for r in tree if r["depth"] <= 3), key=lambda r: -r["cum_us"])[:12]
-                results[key] = {
-                    "samples": samples,
-                    "cpu_ms": mmm([s["cpu_ms"] for s in samples]),
-                    "wall_ms": mmm([s["wall_ms"] for s in samples]),
-                    "objects": mmm([s["objects"] for s in samples]),
-                    "modules": mmm([s["modules"] for s in samples]),
-                    "heavy": sorted({h for s in samples for h in s["heavy"]}),
-                    "importtime_top": top,
-                }
-                log(
-                    f"imports after {key}: CPU {results[key]['cpu_ms']['median']:.1f} ms,"
-                    f" objects {results[key]['objects']['median']:,.0f}, heavy {results[key]['heavy']}"
-                )
+                results[key] = _summary(samples["current"])
+                results[key]["importtime_top"] = sorted(
+                    (r for r in tree if r["depth"] <= 3), key=lambda r: -r["cum_us"]
+                )[:12]
+                if baseline_rev:
+                    baseline[key] = _summary(samples["baseline"])
+                for name, summary in (("current", results[key]), ("baseline", baseline.get(key))):
+                    if summary:
+                        log(
+                            f"imports after {key} ({name}): CPU {summary['cpu_ms']['median']:.1f} ms,"
+                            f" objects {summary['objects']['median']:,.0f}, heavy {summary['heavy']}"
+                        )
         finally:
             daemon.stop()
     from bench.common import load
@@ -131,4 +165,4 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
     commit = _commit()
     history = [h for h in history if h["commit"] != commit][-4:]
     return {"quick": quick, "n": n, "target_ms": TARGET_MS, "commit": commit, "by_prelude": results,
-            "history": history}  # fmt: skip
+            "history": history, "baseline": {"rev": baseline_rev, "by_prelude": baseline} if baseline_rev else None}  # fmt: skip

@@ -333,6 +333,30 @@ def imports(data: dict[str, Any]) -> str:
             f" {fmt_mmm(e['objects'], 0)} | {fmt_mmm(e['modules'], 0)} | {', '.join(e['heavy']) or 'none'} |"
         )
     out.append("")
+    base = data.get("baseline")
+    if base:
+        out.append(
+            f"The same processes alternated with revision `{base['rev']}` (its `costwatch/` first on"
+            " `PYTHONPATH`, compiled), so both saw the same load:\n"
+        )
+        out.append(
+            "| imported first | revision | CPU ms | GC objects added | heavy packages imported | CPU ratio |\n"
+            "| --- | --- | ---: | ---: | --- | ---: |"
+        )
+        for key, e in data["by_prelude"].items():
+            b = base["by_prelude"].get(key)
+            if not b:
+                continue
+            ratio = e["cpu_ms"]["median"] / b["cpu_ms"]["median"]
+            out.append(
+                f"| {key} | `{base['rev']}` | {fmt_mmm(b['cpu_ms'], 1)} | {fmt_mmm(b['objects'], 0)} |"
+                f" {', '.join(b['heavy']) or 'none'} | 1 |"
+            )
+            out.append(
+                f"| {key} | `{data.get('commit', '?')}` | {fmt_mmm(e['cpu_ms'], 1)} | {fmt_mmm(e['objects'], 0)} |"
+                f" {', '.join(e['heavy']) or 'none'} | {ratio:.2f}× |"
+            )
+        out.append("")
     if data.get("history"):
         out.append("Earlier runs of this section (same method), medians:\n")
         out.append(
