@@ -1,11 +1,11 @@
 """``python -m bench [--quick] [which…]``: run benchmark sections, then rewrite docs/benchmarks.md.
 
 Sections: instructions (instructions per call under callgrind), overhead, callpath (the patch's own cost,
-a diagnostic for overhead), ingest, query, killswitch, spool, fleet (PostgreSQL fleet mode) (default: all,
-in that order); ``footprint``
-runs ingest and query, where the daemon's RSS is sampled. Each section's raw results go to ``bench/.results/NAME.json``;
-the report is rebuilt from every saved section, so a section can be rerun on
-its own. Footprint figures are taken during ingest and query.
+a diagnostic for overhead), ingest, query, killswitch, spool, fleet (PostgreSQL fleet mode), imports (an
+app's ``import costwatch.autoinstrument``), installs (site-packages of each install) (default: all, in that
+order); ``footprint`` runs ingest and query, where the daemon's RSS is sampled, then imports and installs.
+Each section's raw results go to ``bench/.results/NAME.json``; the report is rebuilt from every saved
+section, so a section can be rerun on its own.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import traceback
 
 from bench import common, report
 
-SECTIONS = ("instructions", "overhead", "callpath", "ingest", "query", "killswitch", "spool", "fleet")
-ALIASES = {"footprint": ("ingest", "query")}
+SECTIONS = (
+    "instructions", "overhead", "callpath", "ingest", "query", "killswitch", "spool", "fleet", "imports", "installs",
+)  # fmt: skip
+ALIASES = {"footprint": ("ingest", "query", "imports", "installs")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,8 +73,8 @@ def raw(spec: dict[str, Any], events: list[Any]) -> dict[str, Any]:
 
 
 def emitter(spec: dict[str, Any], events: list[Any]) -> dict[str, Any]:
+    from costwatch.client_settings import ClientSettings
     from costwatch.instrumentation.emitter import Emitter
-    from costwatch.settings import ClientSettings
 
     state = Path(tempfile.mkdtemp(prefix="cwbench-emitter-"))
     settings = ClientSettings(

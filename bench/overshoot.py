@@ -71,8 +71,8 @@ def one_run(
 
 def hot_path(n: int = 20_000) -> None:
     """Cost of admit + settle for one call on a live lease (no I/O: the slice is big enough)."""
+    from costwatch.client_settings import ClientSettings
     from costwatch.instrumentation.limits import Limiter, Ticket
-    from costwatch.settings import ClientSettings
     from tests.instrumentation.conftest import HTTP
     from tests.limits.test_unreachable import RULES, StubEmitter
 

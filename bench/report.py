@@ -310,6 +310,99 @@ def footprint() -> str:
     return "\n".join(out)
 
 
+# -- 5a/5b. the app's footprint: import and install ------------------------------------------
+def imports(data: dict[str, Any]) -> str:
+    out = ["## 5a. `import costwatch.autoinstrument` in an app\n", _header(data)]
+    out.append(
+        f"{data['n']} fresh processes per prelude (an app imports `openai` before or after costwatch),"
+        " bytecode compiled, a real daemon running (`COSTWATCH_URL`, token, state dir set). CPU ="
+        " `time.process_time()` around the import (every thread: the emitter's start during the import"
+        " counts); wall = `time.perf_counter()`; objects = GC-tracked objects the import added"
+        " (`len(gc.get_objects())` after a full collection, before and after: what every later full"
+        " collection walks). Commit"
+        f" `{data.get('commit', '?')}`. Target ≤ {data['target_ms']:.0f} ms CPU, no network wait.\n"
+    )
+    out.append(
+        f"| imported first | CPU ms (target ≤ {data['target_ms']:.0f}) | wall ms | GC objects added |"
+        " modules added | heavy packages imported |\n| --- | ---: | ---: | ---: | ---: | --- |"
+    )
+    for key, e in data["by_prelude"].items():
+        ok = e["cpu_ms"]["median"] <= data["target_ms"]
+        out.append(
+            f"| {key} | {fmt_mmm(e['cpu_ms'], 1)} {verdict(ok)} | {fmt_mmm(e['wall_ms'], 1)} |"
+            f" {fmt_mmm(e['objects'], 0)} | {fmt_mmm(e['modules'], 0)} | {', '.join(e['heavy']) or 'none'} |"
+        )
+    out.append("")
+    base = data.get("baseline")
+    if base:
+        out.append(
+            f"The same processes alternated with revision `{base['rev']}` (its `costwatch/` first on"
+            " `PYTHONPATH`, compiled), so both saw the same load:\n"
+        )
+        out.append(
+            "| imported first | revision | CPU ms | GC objects added | heavy packages imported | CPU ratio |\n"
+            "| --- | --- | ---: | ---: | --- | ---: |"
+        )
+        for key, e in data["by_prelude"].items():
+            b = base["by_prelude"].get(key)
+            if not b:
+                continue
+            ratio = e["cpu_ms"]["median"] / b["cpu_ms"]["median"]
+            out.append(
+                f"| {key} | `{base['rev']}` | {fmt_mmm(b['cpu_ms'], 1)} | {fmt_mmm(b['objects'], 0)} |"
+                f" {', '.join(b['heavy']) or 'none'} | 1 |"
+            )
+            out.append(
+                f"| {key} | `{data.get('commit', '?')}` | {fmt_mmm(e['cpu_ms'], 1)} | {fmt_mmm(e['objects'], 0)} |"
+                f" {', '.join(e['heavy']) or 'none'} | {ratio:.2f}× |"
+            )
+        out.append("")
+    if data.get("history"):
+        out.append("Earlier runs of this section (same method), medians:\n")
+        out.append(
+            "| commit | run (UTC) | imported first | CPU ms | wall ms | GC objects added | heavy packages |"
+        )
+        out.append("| --- | --- | --- | ---: | ---: | ---: | --- |")
+        for h in data["history"]:
+            for key, e in h["summary"].items():
+                out.append(
+                    f"| `{h['commit']}` | {h.get('started_utc', '?')} | {key} | {e['cpu_ms']['median']:.1f} |"
+                    f" {e['wall_ms']['median']:.1f} | {e['objects']['median']:,.0f} | {', '.join(e['heavy']) or 'none'} |"
+                )
+        out.append("")
+    for key, e in data["by_prelude"].items():
+        top = e.get("importtime_top") or []
+        if not top:
+            continue
+        out.append(
+            f"Largest imports after {key} (`python -X importtime`, one process, cumulative ms, inflated by the"
+            " measurement; up to three levels under it):\n"
+        )
+        out.append(
+            "; ".join(
+                f"`{r['module']}` {r['cum_us'] / 1000:.1f} (self {r['self_us'] / 1000:.1f})" for r in top
+            )
+            + "\n"
+        )
+    return "\n".join(out)
+
+
+def installs(data: dict[str, Any]) -> str:
+    out = ["## 5b. Installed size: `pip install costwatch`, `[daemon]`, `[fleet]`\n", _header(data)]
+    out.append(
+        "Each install into a fresh `python -m venv` (Python"
+        f" {data.get('python', '?')}) from this tree: `pip install DIR`, `DIR[daemon]`, `DIR[fleet]` (real"
+        " dependency resolution). Size = bytes of the files under site-packages minus an empty venv's"
+        " (pip). An app brings its own SDK (`openai`/`anthropic`, with pydantic and httpx), not counted.\n"
+    )
+    out.append("| install | MB added | distributions | largest (MB) |\n| --- | ---: | ---: | --- |")
+    for label, e in data["installs"].items():
+        largest = ", ".join(f"{name} {size / 1e6:.1f}" for name, size in e["largest"][:6])
+        out.append(f"| `{label}` | {e['added_bytes'] / 1e6:.1f} | {e['distributions']} | {largest} |")
+    out.append("")
+    return "\n".join(out)
+
+
 # -- 6. spool --------------------------------------------------------------------------------
 def spool(data: dict[str, Any]) -> str:
     s = data["summary"]
@@ -518,6 +611,8 @@ SECTION_WRITERS = {
     "killswitch": killswitch,
     "spool": spool,
     "fleet": fleet,
+    "imports": imports,
+    "installs": installs,
 }
 
 
@@ -531,7 +626,7 @@ def write() -> Path:
     )
     parts.append(
         "Reproduce: `python -m bench` (or `./dev bench`) runs every section and rewrites this page;"
-        " `python -m bench [--quick] instructions overhead callpath ingest query killswitch spool footprint` runs a"
+        " `python -m bench [--quick] instructions overhead callpath ingest query killswitch spool fleet imports installs footprint` runs a"
         " subset (the page keeps the other sections' last results, each stamped with its own command and"
         " time). The first run builds the peer environments under `bench/.venvs/` with pip (exact pins,"
         " needs PyPI). Raw results: `bench/.results/*.json`.\n"
@@ -559,6 +654,8 @@ def write() -> Path:
             " (env `old`, bench/.venvs/old); both built by `bench/venvs.py` with exact pins.\n"
         )
     sections.insert(6, footprint())
+    # 5a and 5b (the app's footprint) follow section 5, the daemon's.
+    sections[7:7] = [sections.pop(-2), sections.pop(-1)]
     parts += sections
     if NOTES.exists():
         parts.append(NOTES.read_text())

@@ -41,8 +41,8 @@ def write(spec: dict) -> dict:
 
 
 def replay(spec: dict) -> dict:
+    from costwatch.client_settings import ClientSettings
     from costwatch.instrumentation.emitter import Emitter
-    from costwatch.settings import ClientSettings
 
     spool_dir = Path(spec["spool_dir"])
     settings = ClientSettings(url=spec["url"], token=spec["token"], app="bench", state_dir=spool_dir.parent,

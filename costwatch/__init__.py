@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 
+from costwatch._version import __version__
+
 # The exceptions are tiny and must be the very classes the instrumentation raises: import them now.
 from costwatch.errors import BudgetExhausted, CallBlocked, KillSwitchEngaged, RateLimited
 
@@ -21,8 +23,6 @@ if TYPE_CHECKING:
 
     from costwatch.context import attribute
     from costwatch.instrumentation import flush, instrument, uninstrument
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BudgetExhausted",

@@ -155,7 +155,6 @@ class Client:
         ``not_done`` ends the message when the request surely did not take effect (nothing
         answered); a request that was sent but never answered says the outcome is unknown.
         """
-        import http.client
         import json
 
         from costwatch.connection import NotConnected
@@ -177,7 +176,7 @@ class Client:
                 f"the daemon at {self.url} accepted the connection but did not answer"
                 f" within {timeout:g} s{unknown}"
             ) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise CLIError(f"the daemon at {self.url} failed to answer: {exc!r}{unknown}") from None
         try:
             data = json.loads(raw)

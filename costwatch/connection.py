@@ -22,6 +22,10 @@ class NotConnected(OSError):
     """Connecting failed: nothing was sent, so the request did not take effect."""
 
 
+class BadAnswer(OSError):
+    """The daemon's answer was not HTTP (``http.client.HTTPException``, an OSError here)."""
+
+
 class DaemonConnection:
     """A kept-alive connection to the daemon at ``url``; not thread-safe (one per thread)."""
 
@@ -41,9 +45,10 @@ class DaemonConnection:
         """(status, body) of one request; ``timeout`` bounds each read once connected.
 
         Raises `NotConnected` when nothing answered, `TimeoutError` when the daemon
-        accepted the request but did not answer in time, other `OSError` or
-        ``http.client.HTTPException`` for a broken exchange. A kept-alive connection the
-        daemon closed meanwhile is reopened and the request sent once more.
+        accepted the request but did not answer in time, `BadAnswer` or another `OSError`
+        for a broken exchange: callers catch OSError and never import ``http.client``.
+        A kept-alive connection the daemon closed meanwhile is reopened and the request
+        sent once more.
         """
         import http.client
 
@@ -61,6 +66,9 @@ class DaemonConnection:
                 self.close()
                 if attempt or not reused:
                     raise
+            except http.client.HTTPException as exc:
+                self.close()
+                raise BadAnswer(repr(exc)) from exc
             except BaseException:
                 self.close()
                 raise

@@ -1,10 +1,11 @@
-"""Settings, declared once and validated once.
+"""The daemon's settings, declared once and validated once (pydantic-settings).
 
-Client settings (`ClientSettings`) are read when an app instruments itself;
-daemon settings (`DaemonSettings`) come from CLI flags, ``COSTWATCH_*`` env
-vars and an optional TOML/YAML config file, in that order of precedence.
-The environment, config-file and token-file lookups are in `costwatch.sources`
-(no pydantic), so the CLI can find the daemon without importing pydantic.
+Daemon settings (`DaemonSettings`) come from CLI flags, ``COSTWATCH_*`` env vars and an optional
+TOML/YAML config file, in that order of precedence (`costwatch.sources.SOURCE_ORDER`, the one rule
+for every client too). An app's settings (`ClientSettings`, re-exported here) are in
+`costwatch.client_settings` (msgspec: an app's import does not load pydantic). The environment,
+config-file and token-file lookups are in `costwatch.sources` (no pydantic), so the CLI can find the
+daemon without importing pydantic.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from costwatch.client_settings import ClientSettings
+
 # The lookups themselves live in `costwatch.sources` (no pydantic), shared with the CLI's fast path.
 from costwatch.sources import (
     DEFAULT_HOST,
     DEFAULT_PORT,
-    DEFAULT_URL,
+    SOURCE_ORDER,
     TOKEN_FILE_NAME,
     SettingError,
     check_url,
@@ -54,7 +57,7 @@ def _client_url(value: str) -> str:
 
 
 class _FromEnvThenFile(BaseSettings):
-    """Init arguments (CLI flags) > ``COSTWATCH_*`` > the config file: one order for every client and the daemon."""
+    """Init arguments (CLI flags) > ``COSTWATCH_*`` > the config file: `SOURCE_ORDER`, as every client reads."""
 
     @classmethod
     def settings_customise_sources(
@@ -65,49 +68,8 @@ class _FromEnvThenFile(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
-
-
-class ClientSettings(_FromEnvThenFile):
-    """What an instrumented app reads: ``COSTWATCH_*``, then the config file (``url``, ``token``, …).
-
-    The daemon's address is ``url`` alone, as for every CLI command (`costwatch.sources.daemon_endpoint`).
-    """
-
-    model_config = SettingsConfigDict(env_prefix="COSTWATCH_", extra="ignore")
-
-    url: str = DEFAULT_URL
-    app: str = Field(default="default", min_length=1, max_length=256)
-    token: str | None = None
-    fail_closed: bool = False
-    disabled: bool = False
-    state_dir: Path = Field(default_factory=default_state_dir)
-    # Add stream_options.include_usage to chat streams that did not ask for it
-    # (and hide the extra chunk from the app). "openai" = only api.openai.com. A stream that
-    # still ends without usage is stored with estimated usage (usage_source "estimated").
-    inject_stream_usage: str = Field(default="openai", pattern="^(openai|all|off)$")
-    queue_max_events: int = Field(default=100_000, ge=100)
-    batch_max_events: int = Field(default=2_000, ge=1)
-    # Each POST costs the app's process ~0.3 ms of CPU; the kill switch no longer rides on them.
-    flush_interval_s: float = Field(default=0.5, gt=0, le=10)
-    # Plain polling, only against a daemon that answers the long poll at once (an older one).
-    killswitch_poll_s: float = Field(default=0.25, gt=0, le=60)
-    # With fail_closed, calls are refused once the daemon has not answered for this long.
-    fail_closed_after_s: float = Field(default=5.0, ge=0)
-    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
-    exit_flush_timeout_s: float = Field(default=2.0, ge=0)
-
-    @property
-    def spool_dir(self) -> Path:
-        return self.state_dir / "spool"
-
-    def resolved_token(self) -> str | None:
-        return self.token or read_token(self.state_dir)
-
-    @field_validator("url")
-    @classmethod
-    def _valid_url(cls, value: str) -> str:
-        return _client_url(value)
+        by_name = {"init": init_settings, "env": env_settings, "config": _ConfigFileSource(settings_cls)}
+        return tuple(by_name[name] for name in SOURCE_ORDER)
 
 
 _BYTE_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?)?B", re.IGNORECASE)

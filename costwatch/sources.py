@@ -1,17 +1,17 @@
 """Where settings come from, without pydantic: the environment, the config file, the state directory.
 
-`costwatch.settings` builds its pydantic models on these functions; the CLI's
-daemon-client path (`costwatch kill`, `resume`, `status`, `sql`) uses
-`daemon_endpoint` alone, because importing pydantic-settings costs ~100 ms of
-an operator's `costwatch kill` (docs/benchmarks.md, section 4). The rule for
-every field is the one the settings classes apply: CLI flag > ``COSTWATCH_<FIELD>``
-(any case) > the config file > the default.
+`costwatch.client_settings` (an app's settings, msgspec) and `costwatch.settings` (the daemon's,
+pydantic-settings) are built on these functions; the CLI's daemon-client path (`costwatch kill`,
+`resume`, `status`, `sql`) uses `daemon_endpoint` alone, because importing pydantic-settings costs
+~100 ms of an operator's `costwatch kill` (docs/benchmarks.md, section 4). The rule for every field
+is `SOURCE_ORDER`: CLI flag (init argument) > ``COSTWATCH_<FIELD>`` (any case) > the config file >
+the default.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
+import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from pathlib import Path
 # 27.0 ms instead of 31.5 ms (median of 9, `python -X importtime -c "import costwatch.cli"`).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_URL",
     "ENV_PREFIX",
+    "SOURCE_ORDER",
     "TOKEN_FILE_NAME",
     "DaemonEndpoint",
     "SettingError",
@@ -35,6 +37,7 @@ __all__ = [
     "default_state_dir",
     "ensure_token",
     "env_value",
+    "layered",
     "load_config_file",
     "read_token",
 ]
@@ -44,6 +47,11 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7707
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 TOKEN_FILE_NAME = "token"
+
+# Where a setting's value comes from, first source first, for every client and for the daemon: init
+# arguments (CLI flags, keyword arguments) > ``COSTWATCH_<FIELD>`` (any case) > the config file >
+# the field's default. `layered` applies it; `DaemonSettings` orders pydantic-settings' sources by it.
+SOURCE_ORDER = ("init", "env", "config")
 
 
 class SettingError(ValueError):
@@ -61,7 +69,12 @@ def default_state_dir() -> Path:
     override = os.environ.get("COSTWATCH_STATE_DIR")
     if override:
         return Path(override)
-    import platformdirs  # ~7 ms: only when no state dir is configured
+    if sys.platform.startswith("linux"):
+        # platformdirs' rule for Linux (tests/test_client_settings.py checks it against platformdirs),
+        # without its import on an app's start.
+        base = os.environ.get("XDG_DATA_HOME", "")
+        return Path(base if base.strip() else os.path.expanduser("~/.local/share"), "costwatch")
+    import platformdirs  # ~2-7 ms: macOS, Windows
 
     return Path(platformdirs.user_data_dir("costwatch"))
 
@@ -78,6 +91,8 @@ def ensure_token(state_dir: Path) -> str:
     existing = read_token(state_dir)
     if existing:
         return existing
+    import secrets  # the daemon's first start only (hashlib, hmac: ~3 ms of an app's import)
+
     state_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     path = state_dir / TOKEN_FILE_NAME
@@ -117,11 +132,32 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 def env_value(field: str) -> str | None:
     """``COSTWATCH_<FIELD>`` matched case-insensitively, as pydantic-settings reads it."""
-    name = (ENV_PREFIX + field).lower()
-    found = None
-    for key, value in os.environ.items():
-        if key.lower() == name:
-            found = value
+    return _environment().get(field.lower())
+
+
+def _environment() -> dict[str, str]:
+    """``COSTWATCH_*`` variables by lower-case field name (of two spellings, the later one, as pydantic-settings)."""
+    start = len(ENV_PREFIX)
+    prefix = ENV_PREFIX.lower()
+    return {key.lower()[start:]: value for key, value in os.environ.items() if key.lower().startswith(prefix)}
+
+
+def layered(fields: Iterable[str], init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each field's raw value from the first source in `SOURCE_ORDER` that has one.
+
+    Fields no source sets are left out (their default applies). ``init`` holds the init arguments
+    (a value of None counts: it was given). Reads the config file (``COSTWATCH_CONFIG`` or the state
+    dir's) once; raises `OSError`/`ValueError` when it cannot be read or parsed.
+    """
+    path = config_file_path()
+    sources = {"init": init or {}, "env": _environment(), "config": load_config_file(path) if path else {}}
+    ordered = [sources[name] for name in SOURCE_ORDER]
+    found: dict[str, Any] = {}
+    for field in fields:
+        for source in ordered:
+            if field in source:
+                found[field] = source[field]
+                break
     return found
 
 
@@ -160,20 +196,9 @@ def daemon_endpoint(url: str | None = None) -> DaemonEndpoint:
     `costwatch kill`. Raises `SettingError` (a bad URL) and `OSError`/`ValueError` (an
     unreadable config file).
     """
-    path = config_file_path()
-    config = load_config_file(path) if path else {}
-
-    def pick(field: str, flag: Any, default: Any) -> Any:
-        if flag is not None:
-            return flag
-        value = env_value(field)
-        if value is not None:
-            return value
-        return config.get(field, default)
-
-    state_dir = pick("state_dir", None, None)
-    token = pick("token", None, None)
+    found = layered(("url", "token", "state_dir"), {"url": url} if url is not None else None)
+    state_dir = found.get("state_dir")
     return DaemonEndpoint(
-        check_url(pick("url", url, DEFAULT_URL)),
-        token or read_token(Path(state_dir) if state_dir else default_state_dir()),
+        check_url(found.get("url", DEFAULT_URL)),
+        found.get("token") or read_token(Path(state_dir) if state_dir else default_state_dir()),
     )

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from costwatch import __version__ as _version
+from costwatch._version import __version__ as _version
 from costwatch.events import UsageEvent, status_class
 from costwatch.protocol import KillSwitchState
 

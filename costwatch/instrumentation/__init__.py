@@ -12,9 +12,10 @@ import logging
 import threading
 from typing import Any
 
+from costwatch.client_settings import ClientSettings
 from costwatch.instrumentation import patch
 from costwatch.instrumentation.record import guard
-from costwatch.settings import ClientSettings
+from costwatch.sources import SettingError
 
 __all__ = ["flush", "instrument", "uninstrument"]
 
@@ -24,11 +25,8 @@ _log = logging.getLogger("costwatch")
 
 
 def _one_line(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        return f"{field}: {first.get('msg')} (got {first.get('input')!r})"
+    if isinstance(exc, SettingError):
+        return f"{exc.field}: {exc.msg} (got {exc.value!r})"
     return str(exc).splitlines()[0] if str(exc) else repr(exc)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import http.client
 import logging
 import os
 import random
@@ -29,13 +28,13 @@ from typing import Any, Protocol
 import msgspec
 
 from costwatch import statefile
+from costwatch.client_settings import ClientSettings
 from costwatch.connection import DaemonConnection
 from costwatch.events import UsageEvent, encode, encode_many
 from costwatch.instrumentation import exit_budget, spans
 from costwatch.instrumentation.killswitch import KillSwitchView
 from costwatch.instrumentation.spool import Spool
 from costwatch.protocol import IngestReply, KillSwitchState
-from costwatch.settings import ClientSettings
 
 __all__ = ["Emitter"]
 
@@ -43,7 +42,6 @@ log = logging.getLogger("costwatch.emitter")
 
 _reply_decoder = msgspec.json.Decoder(IngestReply)
 _state_decoder = msgspec.json.Decoder(KillSwitchState)
-_TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 CONVERT_SLICE = 200  # records converted between GIL hand-backs (time.sleep(0)) to the app
 LONG_POLL_S = 20.0  # how long the daemon may hold a kill-switch poll open
 # Statuses that mean "try again later" rather than "these events are bad".
@@ -395,7 +393,7 @@ class Emitter:
         self._inflight = events
         try:
             status, data = self._authorized("POST", "/v1/events", body, dropped_header)
-        except _TRANSPORT_ERRORS as exc:
+        except OSError as exc:  # every transport failure (costwatch.connection)
             self._counts["post_failures"] += 1
             self._log_once("post", exc, "costwatch daemon unreachable at %s: %r", self.settings.url, exc)
             return False
@@ -515,7 +513,7 @@ class Emitter:
             try:
                 status, data = self._authorized("GET", path, None, None, watch=True)
                 state = _state_decoder.decode(data) if status == 200 else None
-            except (*_TRANSPORT_ERRORS, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 if not self._stopping.is_set():
                     self._log_once(
                         "poll",

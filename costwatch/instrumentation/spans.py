@@ -21,17 +21,18 @@ cost, under both candidate conventions (see `costwatch.semconv`):
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
 from costwatch import semconv
 
-try:
-    from opentelemetry import context as _otel_context
-    from opentelemetry import trace as _trace
-except ImportError:  # pragma: no cover - opentelemetry-api is a dependency, but stay optional
-    _otel_context = None  # type: ignore[assignment]
-    _trace = None  # type: ignore[assignment]
+# OpenTelemetry is used only once the app has imported it (~20 ms of an app's start otherwise):
+# without `opentelemetry.context` there is no current span to be a parent, and without
+# `opentelemetry.trace` no SDK TracerProvider can have been set. Each module is taken once it is
+# in `sys.modules` (an import in progress in another thread is waited for by `import`).
+_otel_context: Any = None
+_trace: Any = None
 
 _OPERATIONS = {
     "chat": semconv.OPERATION_CHAT,
@@ -47,22 +48,37 @@ _batch = threading.local()  # .tracer: pinned by `pin()` for one emitter batch
 
 
 def current_context() -> Any:
-    """Call path: the parent context; None when OpenTelemetry is absent or no provider is set.
+    """Call path: the parent context, or None while the app has not imported OpenTelemetry."""
+    otel_context = _otel_context
+    if otel_context is None:
+        otel_context = _adopt_context()
+        if otel_context is None:
+            return None
+    return otel_context.get_current()
 
-    Without a provider there is no recording span to be the parent and no span of ours
-    to emit, so the call path skips the API's context lookup (two Python frames per call).
-    """
-    if _otel_context is None or (_trace._TRACER_PROVIDER is None and tracer_provider is _global_provider):
-        return None
-    return _otel_context.get_current()
+
+def _adopt_context() -> Any:
+    global _otel_context
+    if "opentelemetry.context" in sys.modules:
+        from opentelemetry import context
+
+        _otel_context = context
+    return _otel_context
+
+
+def _trace_api() -> Any:
+    """`opentelemetry.trace` once the app has imported it (the SDK does), else None."""
+    global _trace
+    if _trace is None and "opentelemetry.trace" in sys.modules:
+        from opentelemetry import trace
+
+        _trace = trace
+    return _trace
 
 
 def tracer_provider() -> Any:
     """The global provider (a seam for tests, which cannot reset the global one)."""
     return _trace.get_tracer_provider()
-
-
-_global_provider = tracer_provider
 
 
 def pin() -> None:
@@ -88,14 +104,14 @@ def _tracer() -> Any:
 
 
 def _lookup() -> Any:
-    if _trace is None:
+    if _trace_api() is None:
         return None
     provider = tracer_provider()
     if isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)):
         return None
     tracer = _tracers.get(id(provider))
     if tracer is None:
-        from costwatch import __version__
+        from costwatch._version import __version__
 
         tracer = _tracers[id(provider)] = provider.get_tracer("costwatch", __version__)
     return tracer

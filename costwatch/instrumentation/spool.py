@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Iterable
@@ -86,7 +85,7 @@ class Spool:
         self._new_instance()
 
     def _new_instance(self) -> None:
-        self.instance = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.instance = f"{os.getpid()}-{os.urandom(4).hex()}"  # secrets.token_hex(4), without its import
         self._lock_fd: int | None = None
         self._segments: list[_Segment] = []  # oldest first; the last one may be open
         self._current: _Segment | None = None

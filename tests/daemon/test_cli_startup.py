@@ -96,7 +96,7 @@ def test_bad_url_is_a_setting_error(clean_env: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(SettingError) as info:
         daemon_endpoint()
     assert info.value.field == "url"
-    with pytest.raises(ValueError):  # pydantic refuses the same values
+    with pytest.raises(ValueError):  # an app's settings refuse the same values (SettingError)
         ClientSettings()
 
 
