@@ -28,6 +28,25 @@ DAEMON_COLUMNS: dict[str, str] = {
     "ingested_at": "TIMESTAMPTZ NOT NULL",
 }
 
+# An unpriced event: usage with tokens that could not be priced, so its cost is NULL (never a guessed
+# $0). Calls without usage (`usage_source = 'missing'`) are not among them: no price would give them
+# a cost, they are counted apart. `costwatch status`, the spend page, `data_quality` rules and
+# /metrics all count with this definition (the SQL and `is_unpriced`, its Python twin).
+UNPRICED_SQL = (
+    "cost_usd IS NULL AND usage_source <> 'missing'"
+    " AND coalesce(input_tokens, 0) + coalesce(output_tokens, 0) > 0"
+)
+
+
+def is_unpriced(cost_usd: float | None, event: UsageEvent) -> bool:
+    """`UNPRICED_SQL` for an event about to be stored with this cost."""
+    return (
+        cost_usd is None
+        and event.usage_source != "missing"
+        and (event.input_tokens or 0) + (event.output_tokens or 0) > 0
+    )
+
+
 # Columns added by later migrations, appended to the table in this order (migration 1's
 # table is `event_columns() + DAEMON_COLUMNS`; never change that, add here instead).
 ADDED_COLUMNS: dict[str, str] = {

@@ -23,6 +23,7 @@ from costwatch.daemon.rules.models import (
     parse_duration,
 )
 from costwatch.daemon.rules.windows import grouped, window_filter
+from costwatch.daemon.schema import UNPRICED_SQL
 from costwatch.protocol import scope_key
 
 
@@ -62,7 +63,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b,
 }
-_UNPRICED = "(cost_usd IS NULL OR NOT priced) AND coalesce(input_tokens, 0) + coalesce(output_tokens, 0) > 0"
 _MISSING = "usage_source = 'missing' AND error_class IS NULL"
 
 
@@ -109,8 +109,8 @@ def quality_observations(
     where, params = window_filter(rule.scope.as_dict(), rule.per, start, None, now)
     where += " AND NOT blocked"
     select = (
-        f"count(*) FILTER (WHERE {_UNPRICED}), count(*) FILTER (WHERE {_MISSING}), "
-        f"string_agg(DISTINCT coalesce(model, request_model), ', ') FILTER (WHERE {_UNPRICED}), "
+        f"count(*) FILTER (WHERE {UNPRICED_SQL}), count(*) FILTER (WHERE {_MISSING}), "
+        f"string_agg(DISTINCT coalesce(model, request_model), ', ') FILTER (WHERE {UNPRICED_SQL}), "
         f"string_agg(DISTINCT coalesce(model, request_model), ', ') FILTER (WHERE {_MISSING})"
     )
     rows = grouped(cur, select, rule.scope.as_dict(), rule.per, where, params)
