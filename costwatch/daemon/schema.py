@@ -123,11 +123,11 @@ def stored_columns() -> dict[str, str]:
     return {**{name: events[name] for name in V1_EVENT_FIELDS}, **DAEMON_COLUMNS, **ADDED_COLUMNS}
 
 
-# Migration 1's table, written out: it used to be generated from the current `UsageEvent`, so a
-# field added to the event would have changed what migration 1 creates (and clashed with the
-# migration that adds it). No PRIMARY KEY: the ART index it builds made the file ~5x larger
-# (4M UUIDv7 ids: 322 MB vs 66 MB) and inserts ~16% slower. The store dedupes instead with an
-# anti-join on the batch's id ranges (zone maps on time-ordered UUIDv7 ids; store.id_ranges).
+# Migration 1's table, written out rather than generated from `UsageEvent`: a field added to the
+# event must not change what migration 1 creates (it would clash with the migration that adds it).
+# No PRIMARY KEY: the ART index it builds makes the file several times larger and inserts slower.
+# The store dedupes instead with an anti-join on the batch's id ranges (zone maps on time-ordered
+# UUIDv7 ids; store.id_ranges).
 _USAGE_EVENTS_V1 = """CREATE TABLE usage_events (
     id VARCHAR NOT NULL,
     call_id VARCHAR,
