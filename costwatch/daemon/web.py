@@ -50,6 +50,7 @@ DEFAULT_RANGE = "24h"
 # "Today" and "this month" are calendar periods in {tz}, like `costwatch status`.
 _IN_RANGE = "ts_start >= now() - INTERVAL '{range}'"
 # Unpriced calls (schema.UNPRICED_SQL) have a NULL cost, never a guessed $0: shown as "unpriced".
+# Its columns are unqualified; in the kpis' join they can only be usage_events' (`b` has none).
 # Calls with usage_source 'estimated' (streams that ended without usage) are priced and in every
 # sum; the kpis count them and their spend apart, so the page says how much rests on estimates.
 QUERIES: dict[str, str] = {
