@@ -9,6 +9,28 @@ import msgspec
 # A kill-switch scope is a conjunction of key=value pairs; {} means global.
 SCOPE_KEYS: tuple[str, ...] = ("app", "provider", "model", "user")
 
+
+def scope_key(scope: dict[str, str]) -> str:
+    """Canonical text of a scope: 'app=x,model=y' (keys in `SCOPE_KEYS` order) or 'global'.
+
+    Stored in `alert_events.scope` and used as the group of a lease on both sides of the wire,
+    so the daemon and the apps must spell it the same way.
+    """
+    return ",".join(f"{k}={scope[k]}" for k in SCOPE_KEYS if scope.get(k) is not None) or "global"
+
+
+def parse_scope_key(text: str) -> dict[str, str]:
+    """The scope a `scope_key` text names ({} for 'global')."""
+    if text == "global" or not text:
+        return {}
+    return dict(part.split("=", 1) for part in text.split(","))
+
+
+def resume_command(scope: dict[str, str]) -> str:
+    """The CLI line that lifts a kill switch with this scope."""
+    return " ".join(["costwatch resume", *(f"--scope {k}={v}" for k, v in sorted(scope.items()))])
+
+
 ScopeDict = Annotated[
     dict[Annotated[str, msgspec.Meta(max_length=16)], Annotated[str, msgspec.Meta(max_length=256)]],
     msgspec.Meta(max_length=4),

@@ -444,8 +444,8 @@ def build_app(
     async def rules_backtest(request: Request) -> Response:
         from datetime import datetime, timedelta, timezone
 
-        from costwatch.daemon.evaluate import backtest
         from costwatch.daemon.rules import RuleError, load_rules
+        from costwatch.daemon.rules.backtest import backtest
 
         data = await json_body(request)
         try:

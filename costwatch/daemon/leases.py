@@ -53,8 +53,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from costwatch.daemon.auth import CHALLENGE, authorized
-from costwatch.daemon.evaluate import _budget_values, window_bounds
 from costwatch.daemon.rules import BudgetRule, RateLimitRule, RuleError, RuleSet, load_rules, parse_duration
+from costwatch.daemon.rules.windows import budget_values, window_bounds
 from costwatch.events import UsageEvent
 
 __all__ = ["LeaseRequest", "LeaseService", "Limit", "lease_routes"]
@@ -476,7 +476,7 @@ class LeaseService:
             return own.get()
 
         def spend(rule: BudgetRule, start: datetime, end: datetime | None, now: datetime) -> dict[str, float]:
-            values = daemon.store.read(lambda cur: _budget_values(cur, rule, start, end, now))
+            values = daemon.store.read(lambda cur: budget_values(cur, rule, start, end, now))
             return {k: v for k, (_, v) in values.items()}
 
         return cls(rules, spend, pricer_rates(daemon.pricer), timezone_name=settings.timezone)

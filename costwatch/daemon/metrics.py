@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from costwatch._version import __version__ as _version
+from costwatch.daemon.schema import is_unpriced
 from costwatch.events import UsageEvent, status_class
 from costwatch.protocol import KillSwitchState
 
@@ -205,7 +206,7 @@ class DaemonMetrics:
             if cost is not None:
                 g[6] += cost
                 g[7] = True
-            elif event.usage_source != "missing" and (event.input_tokens or event.output_tokens):
+            elif is_unpriced(cost, event):
                 g[8] += 1
             if event.usage_source == "estimated":
                 g[13] += 1

@@ -20,16 +20,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from costwatch.daemon.evaluate import (
-    Connect,
-    Engine,
-    KillSwitchRegistryProtocol,
-    Transition,
-    Writer,
-    forecast,
-)
 from costwatch.daemon.notify import Notifier
 from costwatch.daemon.rules import BudgetRule, RuleError, RuleSet, load_rules
+from costwatch.daemon.rules.engine import Engine
+from costwatch.daemon.rules.forecast import forecast
+from costwatch.daemon.rules.transitions import KillSwitchRegistryProtocol, Transition, Writer
+from costwatch.daemon.rules.windows import Connect
 
 log = logging.getLogger("costwatch.rules")
 

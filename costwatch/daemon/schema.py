@@ -28,6 +28,25 @@ DAEMON_COLUMNS: dict[str, str] = {
     "ingested_at": "TIMESTAMPTZ NOT NULL",
 }
 
+# An unpriced event: usage with tokens that could not be priced, so its cost is NULL (never a guessed
+# $0). Calls without usage (`usage_source = 'missing'`) are not among them: no price would give them
+# a cost, they are counted apart. `costwatch status`, the spend page, `data_quality` rules and
+# /metrics all count with this definition (the SQL and `is_unpriced`, its Python twin).
+UNPRICED_SQL = (
+    "cost_usd IS NULL AND usage_source <> 'missing'"
+    " AND coalesce(input_tokens, 0) + coalesce(output_tokens, 0) > 0"
+)
+
+
+def is_unpriced(cost_usd: float | None, event: UsageEvent) -> bool:
+    """`UNPRICED_SQL` for an event about to be stored with this cost."""
+    return (
+        cost_usd is None
+        and event.usage_source != "missing"
+        and (event.input_tokens or 0) + (event.output_tokens or 0) > 0
+    )
+
+
 # Columns added by later migrations, appended to the table in this order (migration 1's
 # table is `event_columns() + DAEMON_COLUMNS`; never change that, add here instead).
 ADDED_COLUMNS: dict[str, str] = {
@@ -104,11 +123,11 @@ def stored_columns() -> dict[str, str]:
     return {**{name: events[name] for name in V1_EVENT_FIELDS}, **DAEMON_COLUMNS, **ADDED_COLUMNS}
 
 
-# Migration 1's table, written out: it used to be generated from the current `UsageEvent`, so a
-# field added to the event would have changed what migration 1 creates (and clashed with the
-# migration that adds it). No PRIMARY KEY: the ART index it builds made the file ~5x larger
-# (4M UUIDv7 ids: 322 MB vs 66 MB) and inserts ~16% slower. The store dedupes instead with an
-# anti-join on the batch's id ranges (zone maps on time-ordered UUIDv7 ids; store.id_ranges).
+# Migration 1's table, written out rather than generated from `UsageEvent`: a field added to the
+# event must not change what migration 1 creates (it would clash with the migration that adds it).
+# No PRIMARY KEY: the ART index it builds makes the file several times larger and inserts slower.
+# The store dedupes instead with an anti-join on the batch's id ranges (zone maps on time-ordered
+# UUIDv7 ids; store.id_ranges).
 _USAGE_EVENTS_V1 = """CREATE TABLE usage_events (
     id VARCHAR NOT NULL,
     call_id VARCHAR,

@@ -488,7 +488,7 @@ def summary(cur: duckdb.DuckDBPyConnection, tz: str = "UTC") -> dict[str, Any]:
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month = day.replace(day=1)
     row = cur.execute(
-        "SELECT count(*), count(*) FILTER (WHERE NOT priced AND usage_source <> 'missing'),"
+        f"SELECT count(*), count(*) FILTER (WHERE {schema.UNPRICED_SQL}),"
         " count(*) FILTER (WHERE usage_source = 'missing'),"
         " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ?), 0),"
         " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ?), 0),"

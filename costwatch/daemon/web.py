@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from costwatch.daemon.auth import authorized
+from costwatch.daemon.schema import UNPRICED_SQL
 from costwatch.daemon.sql import encode
 
 if TYPE_CHECKING:
@@ -48,10 +49,10 @@ DEFAULT_RANGE = "24h"
 # Placeholders: {tz} the daemon's time zone, {range} and {bucket} from RANGES.
 # "Today" and "this month" are calendar periods in {tz}, like `costwatch status`.
 _IN_RANGE = "ts_start >= now() - INTERVAL '{range}'"
-# Calls with tokens but no price: their cost is NULL (never a guessed $0), shown as "unpriced".
+# Unpriced calls (schema.UNPRICED_SQL) have a NULL cost, never a guessed $0: shown as "unpriced".
+# Its columns are unqualified; in the kpis' join they can only be usage_events' (`b` has none).
 # Calls with usage_source 'estimated' (streams that ended without usage) are priced and in every
 # sum; the kpis count them and their spend apart, so the page says how much rests on estimates.
-_UNPRICED = "cost_usd IS NULL AND coalesce(input_tokens, 0) + coalesce(output_tokens, 0) > 0"
 QUERIES: dict[str, str] = {
     "kpis": f"""
 WITH b AS (
@@ -68,8 +69,7 @@ SELECT
   coalesce(sum(e.cost_usd) FILTER (WHERE e.{_IN_RANGE}), 0) AS spend_range_usd,
   count(e.id) FILTER (WHERE e.{_IN_RANGE}) AS requests,
   count(e.id) FILTER (WHERE e.{_IN_RANGE} AND e.error_class IS NOT NULL) AS errors,
-  count(e.id) FILTER (WHERE e.{_IN_RANGE} AND e.cost_usd IS NULL
-                      AND coalesce(e.input_tokens, 0) + coalesce(e.output_tokens, 0) > 0) AS unpriced,
+  count(e.id) FILTER (WHERE e.{_IN_RANGE} AND {UNPRICED_SQL}) AS unpriced,
   count(e.id) FILTER (WHERE e.{_IN_RANGE} AND e.usage_source = 'estimated') AS estimated,
   coalesce(sum(e.cost_usd) FILTER (WHERE e.{_IN_RANGE} AND e.usage_source = 'estimated'), 0)
     AS estimated_usd
@@ -88,7 +88,7 @@ GROUP BY 1, 2 ORDER BY 1, 2""",
     "spend_by_model": f"""
 SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
        coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
-       sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE {_UNPRICED}) AS unpriced
+       sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE {UNPRICED_SQL}) AS unpriced
 FROM usage_events WHERE {_IN_RANGE}
 GROUP BY 1, 2 ORDER BY cost_usd DESC NULLS LAST, 1, 2""",
     "top_users": f"""

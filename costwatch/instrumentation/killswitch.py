@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 
 from costwatch.errors import CallBlocked, KillSwitchEngaged
-from costwatch.protocol import KillSwitch, KillSwitchState
+from costwatch.protocol import KillSwitch, KillSwitchState, resume_command
 
 __all__ = ["FAIL_CLOSED_ID", "KillSwitchView", "blocked_error", "sdk_error"]
 
@@ -181,12 +181,6 @@ def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _resume_command(scope: dict[str, str]) -> str:
-    if not scope:
-        return "costwatch resume"
-    return "costwatch resume " + " ".join(f"--scope {k}={v}" for k, v in sorted(scope.items()))
-
-
 def describe_block(switch: KillSwitch) -> str:
     """The one-paragraph message a user sees: what, why, since when, how to lift it."""
     if switch.id == FAIL_CLOSED_ID and switch.source == FAIL_CLOSED_SOURCE:
@@ -200,7 +194,7 @@ def describe_block(switch: KillSwitch) -> str:
     return (
         f"costwatch kill switch engaged ({switch.describe()}): {reason}. "
         f"Engaged by {switch.source} since {_when(switch.engaged_at)}{expires}. "
-        f"Lift it with `{_resume_command(dict(switch.scope))}`."
+        f"Lift it with `{resume_command(dict(switch.scope))}`."
     )
 
 

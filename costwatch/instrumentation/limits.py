@@ -49,7 +49,7 @@ from costwatch.instrumentation.bounds import input_bound
 from costwatch.instrumentation.killswitch import sdk_error
 from costwatch.instrumentation.providers import AZURE_OPENAI, azure_deployment
 from costwatch.instrumentation.record import CallRecord, guard
-from costwatch.protocol import SCOPE_KEYS
+from costwatch.protocol import scope_key
 
 __all__ = ["LimitedCallRecord", "Limiter", "Ticket"]
 
@@ -96,11 +96,6 @@ class _Reply(msgspec.Struct, kw_only=True):
 
 
 _reply_decoder = msgspec.json.Decoder(_Reply)
-
-
-def group_key(scope: dict[str, str]) -> str:
-    """The daemon's canonical scope text (``evaluate.scope_key``): 'app=x,user=y' or 'global'."""
-    return ",".join(f"{k}={scope[k]}" for k in SCOPE_KEYS if scope.get(k) is not None) or "global"
 
 
 class _Slice:
@@ -355,7 +350,7 @@ class Limiter:
                         break
                     scope[key] = value
                 else:
-                    group = group_key(scope)
+                    group = scope_key(scope)  # the daemon groups by the same text
                     piece = self._slices.get((limit.id, group))
                     if piece is None:
                         piece = self._slices[(limit.id, group)] = _Slice(limit, group, scope)

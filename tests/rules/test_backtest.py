@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from costwatch.daemon.evaluate import backtest
 from costwatch.daemon.rules import load_rules
+from costwatch.daemon.rules.backtest import backtest
 from tests.rules.conftest import DB, write_rules
 
 UTC = timezone.utc

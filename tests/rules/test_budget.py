@@ -6,9 +6,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from costwatch.daemon.evaluate import Engine, window_bounds
 from costwatch.daemon.killswitch import KillSwitchRegistry
 from costwatch.daemon.rules import BudgetRule, load_rules
+from costwatch.daemon.rules.engine import Engine
+from costwatch.daemon.rules.windows import window_bounds
 from tests.rules.conftest import DB, Clock, FakeNotifier, FakeRegistry, write_rules
 
 UTC = timezone.utc

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from costwatch.daemon.evaluate import Engine, forecast
 from costwatch.daemon.rules import BudgetRule, load_rules
+from costwatch.daemon.rules.engine import Engine
+from costwatch.daemon.rules.forecast import forecast
 from tests.rules.conftest import DB, Clock, FakeNotifier, FakeRegistry, write_rules
 
 UTC = timezone.utc

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from apprise.plugins.slack import NotifySlack
 
-from costwatch.daemon.evaluate import Engine
 from costwatch.daemon.notify import Notifier
 from costwatch.daemon.rules import Channel, load_rules
+from costwatch.daemon.rules.engine import Engine
 from tests.rules.conftest import DB, Clock, FakeRegistry, write_rules
 from tests.rules.sinks import HangingListener, HTTPSink, SMTPSink, free_port, wait_for
 

@@ -232,3 +232,27 @@ def test_env_substitution_and_prometheus_files_skipped(tmp_path: Path) -> None:
     ruleset = load_rules(tmp_path, environ={"HOOK_HOST": "127.0.0.1:9"})
     assert ruleset.channels["hook"].url == "json://127.0.0.1:9/alerts?token=none"
     assert [r.name for r in ruleset.rules] == ["q"]
+
+
+def test_rules_check_needs_no_daemon_package() -> None:
+    """`costwatch.daemon.rules` exports the models and the loader only: no DuckDB, so `costwatch rules
+    check` runs where only `costwatch` (the app's install) is present."""
+    import subprocess
+    import sys
+
+    from costwatch.cli import DAEMON_PACKAGES
+
+    code = f"""
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {sorted(DAEMON_PACKAGES)!r}:
+            raise ModuleNotFoundError(name, name=name)
+sys.meta_path.insert(0, _Blocked())
+from costwatch.daemon.rules import check_rules
+print(check_rules(sys.argv[1]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(EXAMPLE.parent)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

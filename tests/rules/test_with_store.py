@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from costwatch.daemon.evaluate import Engine
 from costwatch.daemon.rules import load_rules
+from costwatch.daemon.rules.engine import Engine
 from costwatch.events import UsageEvent, new_event_id
 from costwatch.settings import PriceOverride
 from tests.rules.conftest import Clock, FakeNotifier, write_rules
