@@ -251,47 +251,6 @@ def _offline_note(settings: Any) -> None:
 
 
 # -- commands ---------------------------------------------------------------------------
-def default_services(settings: Any) -> list[Any]:
-    """Background services the daemon runs beside HTTP: the rules engine.
-
-    Each item is an object with ``start()``/``shutdown()`` or a factory
-    ``f(daemon) -> service`` (it gets ``daemon.store``, ``daemon.killswitches``,
-    ``daemon.settings``); see `costwatch.daemon.server`.
-    """
-    from costwatch.daemon.scheduler import RuleMetricsCollector, RuleService
-
-    def rules(daemon: Any) -> Any:
-        service = RuleService.from_settings(
-            daemon.settings, daemon.store.con.cursor, daemon.killswitches, daemon.store.call
-        )
-        daemon.metrics.registry.register(RuleMetricsCollector(service))
-        service.install_sighup()  # `kill -HUP` reloads the rules (we are on the main thread here)
-        return service
-
-    from costwatch.daemon.leases import LeaseService
-
-    services: list[Any] = [rules, LeaseService.for_daemon]
-    if getattr(settings, "fleet_dsn", None):  # psycopg is imported only here, only with a DSN
-        from costwatch.daemon.fleet import FleetService
-
-        services.append(FleetService.for_daemon)
-    return services
-
-
-def default_routes() -> Any:
-    """Extra routes placed before the API's: hard-limit leases, the spend page at ``/``."""
-    from costwatch.daemon.leases import lease_routes
-    from costwatch.daemon.web import web_routes
-
-    return lambda daemon: [*lease_routes(daemon), *web_routes(daemon)]
-
-
-def _banner(daemon: Any, port: int) -> str:
-    from costwatch.daemon.web import page_url
-
-    return "spend page: " + page_url(daemon.settings.host, port, daemon.token)
-
-
 def cmd_daemon(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -316,7 +275,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     try:
-        serve(settings, default_services(settings), default_routes(), banner=_banner)
+        serve(settings)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise CLIError(
