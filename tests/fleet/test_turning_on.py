@@ -27,7 +27,8 @@ def test_a_daemon_without_a_dsn_imports_nothing_of_fleet_mode(tmp_path: Path) ->
     code = textwrap.dedent(
         f"""
         import sys, httpx
-        from costwatch.cli import build_parser, load_settings
+        from costwatch.cli.parser import build_parser
+        from costwatch.cli.settings import load_settings
         from costwatch.daemon.server import build_daemon, start_in_thread
         args = build_parser().parse_args(["daemon", "--port", "0", "--rules", {str(tmp_path / "none")!r}])
         settings = load_settings(args, rules=args.rules, fleet_dsn=args.fleet_dsn)
@@ -50,7 +51,8 @@ def test_a_daemon_without_a_dsn_imports_nothing_of_fleet_mode(tmp_path: Path) ->
 
 
 def test_dsn_from_env_config_and_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from costwatch.cli import build_parser, load_settings
+    from costwatch.cli.parser import build_parser
+    from costwatch.cli.settings import load_settings
 
     for key in list(os.environ):
         if key.upper().startswith("COSTWATCH_"):
