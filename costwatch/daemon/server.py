@@ -80,6 +80,7 @@ class Daemon:
         routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.core = core
+        # The core's parts that most callers (tests, the banner, the mirror) read from the daemon.
         self.settings, self.token, self.store = core.settings, core.token, core.store
         self.metrics, self.killswitches = core.metrics, core.killswitches
         self.rules = rules
@@ -167,7 +168,7 @@ def build_daemon(
             routes += lease_service.routes(core.token)
         fleet_service = None
         if fleet and settings.fleet_dsn:
-            from costwatch.daemon.fleet import FleetService
+            from costwatch.daemon.fleet import FleetService  # psycopg: imported only with a DSN
 
             fleet_service = FleetService(settings, core.store, core.killswitches, core.metrics.registry)
             if lease_service is not None:
@@ -194,7 +195,7 @@ def _rules_engine(core: DaemonCore) -> RuleService:
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when
-    # the listening socket says TCP; with proto 0, Nagle + delayed ACK added ~40 ms per reply.
+    # the listening socket says TCP; with proto 0, Nagle + delayed ACK add ~40 ms to each reply.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -237,7 +238,7 @@ def _server(daemon: Daemon) -> uvicorn.Server:
 def tune_gc() -> None:
     """Fewer cyclic-GC passes while ingesting: every batch allocates ~2 objects per event.
 
-    With the default gen-0 threshold (700) a 10k-event batch triggered ~30 collections,
+    With the default gen-0 threshold (700) a 10k-event batch triggers ~30 collections,
     each walking the young objects: ~2x the cost of building its Arrow table
     (docs/benchmarks.md, section 2). Events themselves are untracked (``gc=False``);
     ``freeze`` moves everything built at start-up out of later full collections.
