@@ -58,7 +58,6 @@ class FleetService:
         metrics: CollectorRegistry,
     ) -> None:
         assert settings.fleet_dsn
-        self.settings = settings
         self.node: str = settings.node
         self.dsn: str = settings.fleet_dsn
         self.connect_timeout_s: float = settings.fleet_connect_timeout_s
