@@ -36,7 +36,9 @@ from costwatch.protocol import SCOPE_KEYS, IngestReply
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
-    from costwatch.daemon.server import Daemon
+    from costwatch.daemon.core import DaemonCore
+    from costwatch.daemon.fleet import FleetService
+    from costwatch.daemon.scheduler import RuleService
 
 __all__ = ["build_app", "decode_batch"]
 
@@ -162,19 +164,25 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 # -- the app ----------------------------------------------------------------------------
 def build_app(
-    daemon: Daemon,
+    core: DaemonCore,
+    *,
+    rules: RuleService | None = None,
+    fleet: FleetService | None = None,
     lifespan: Callable[[Any], AbstractAsyncContextManager[None]] | None = None,
     extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
-    """The API routes; ``extra_routes`` (e.g. the spend page's) come first, so they may own ``/``."""
-    settings = daemon.settings
-    token = daemon.token.encode()
-    metrics = daemon.metrics
-    store = daemon.store
-    registry = daemon.killswitches
+    """The API over the daemon's core, its rules engine and fleet mode (either may be absent).
+
+    ``extra_routes`` (e.g. the spend page's) come first, so they may own ``/``.
+    """
+    settings = core.settings
+    token = core.token.encode()
+    metrics = core.metrics
+    store = core.store
+    registry = core.killswitches
     # Backpressure: refuse (503, the emitter keeps or spools the batch) rather than queue without bound.
-    # A queued event costs ~1.6 KB as a Python object: 50k pending is ~80 MB (was 200k, ~320 MB:
-    # the RSS peaks of docs/benchmarks.md §5). The emitters' batches are 2k events.
+    # A queued event costs ~1.6 KB as a Python object: 50k pending is ~80 MB (the RSS peaks of
+    # docs/benchmarks.md §5). The emitters' batches are 2k events.
     max_pending = max(settings.max_batch_events, 50_000)
 
     def require_token(request: Request) -> None:
@@ -257,11 +265,10 @@ def build_app(
         state = registry.state()
         version, wait = _long_poll(request)
         if version is not None and wait > 0 and version == state.version:
-            state = await daemon.killswitch_watch.wait(version, wait)
+            state = await core.killswitch_watch.wait(version, wait)
         return Response(msgspec.json.encode(state), media_type="application/json")
 
-    def fleet_service() -> Any:
-        fleet = getattr(daemon, "fleet", None)
+    def fleet_service() -> FleetService:
         if fleet is None:
             raise HTTPError(
                 409, "fleet mode is off on this daemon: start it with fleet_dsn (COSTWATCH_FLEET_DSN)"
@@ -377,10 +384,9 @@ def build_app(
         summary.update(
             killswitch=registry.state(),
             db_path=str(store.path),
-            uptime_s=round(time.time() - daemon.started_at, 3),
+            uptime_s=round(time.time() - core.started_at, 3),
             health=store.health(),
         )
-        fleet = getattr(daemon, "fleet", None)
         if fleet is not None:
             summary["fleet"] = fleet.status()
         return json_response(summary)
@@ -391,7 +397,7 @@ def build_app(
         if since is not None and not isinstance(since, int | float):
             raise HTTPError(400, "since must be a Unix timestamp in seconds (or null for everything)")
         result = await run_in_threadpool(
-            store.call, lambda cur: store_mod.reprice(cur, daemon.pricer, since), None
+            store.call, lambda cur: store_mod.reprice(cur, core.pricer, since), None
         )
         return json_response(result)
 
@@ -423,11 +429,10 @@ def build_app(
     async def index(request: Request) -> Response:
         return PlainTextResponse("costwatch daemon: see /healthz, /metrics and docs/api.md\n")
 
-    def rule_service() -> Any:
-        for service in getattr(daemon, "services", []):
-            if callable(getattr(service, "reload", None)) and callable(getattr(service, "forecasts", None)):
-                return service
-        raise HTTPError(404, "no rules engine runs in this daemon")
+    def rule_service() -> RuleService:
+        if rules is None:
+            raise HTTPError(404, "no rules engine runs in this daemon")
+        return rules
 
     async def rules_get(request: Request) -> Response:
         service = rule_service()
@@ -456,7 +461,7 @@ def build_app(
             raise HTTPError(
                 400, "send {since: unix seconds, until?: unix seconds, step_s?: seconds}"
             ) from None
-        directory = data.get("dir") or getattr(rule_service(), "rules_dir", None)
+        directory = data.get("dir") or rule_service().rules_dir
         if not directory:
             raise HTTPError(400, "no rules directory: send {dir: ...}")
         try:

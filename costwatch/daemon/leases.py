@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -57,7 +57,13 @@ from costwatch.daemon.rules import BudgetRule, RateLimitRule, RuleError, RuleSet
 from costwatch.daemon.rules.windows import budget_values, window_bounds
 from costwatch.events import UsageEvent
 
-__all__ = ["LeaseRequest", "LeaseService", "Limit", "lease_routes"]
+if TYPE_CHECKING:
+    from costwatch.daemon.scheduler import RuleService
+    from costwatch.daemon.store import Store
+    from costwatch.pricing import Pricer
+    from costwatch.settings import DaemonSettings
+
+__all__ = ["LeaseRequest", "LeaseService", "Limit"]
 
 log = logging.getLogger("costwatch.leases")
 
@@ -461,25 +467,24 @@ class LeaseService:
     # -- wiring -----------------------------------------------------------------------------
 
     @classmethod
-    def for_daemon(cls, daemon: Any) -> LeaseService:
-        """Built from a `costwatch.daemon.server.Daemon`: its store, pricer, settings and rules."""
-        settings = daemon.settings
+    def from_settings(
+        cls, settings: DaemonSettings, store: Store, pricer: Pricer, engine: RuleService | None = None
+    ) -> LeaseService:
+        """On the daemon's store and pricer; the rules are the rules ``engine``'s when it has a directory."""
         own = _OwnRules(
             settings.rules if settings.rules else (Path("alerts") if Path("alerts").is_dir() else None)
         )
 
         def rules() -> RuleSet:
-            for service in getattr(daemon, "services", ()):
-                ruleset = getattr(service, "ruleset", None)
-                if isinstance(ruleset, RuleSet) and getattr(service, "rules_dir", None) is not None:
-                    return ruleset  # the rules engine's set: reloads on SIGHUP
+            if engine is not None and engine.rules_dir is not None:
+                return engine.ruleset  # reloads on SIGHUP
             return own.get()
 
         def spend(rule: BudgetRule, start: datetime, end: datetime | None, now: datetime) -> dict[str, float]:
-            values = daemon.store.read(lambda cur: budget_values(cur, rule, start, end, now))
+            values = store.read(lambda cur: budget_values(cur, rule, start, end, now))
             return {k: v for k, (_, v) in values.items()}
 
-        return cls(rules, spend, pricer_rates(daemon.pricer), timezone_name=settings.timezone)
+        return cls(rules, spend, pricer_rates(pricer), timezone_name=settings.timezone)
 
 
 def _span(rule: RateLimitRule) -> float:
@@ -489,14 +494,6 @@ def _span(rule: RateLimitRule) -> float:
 def _subwindows(rule: RateLimitRule) -> int:
     """k: sub-windows per window, up to 10 and each at least a second (renewals come every 0.2 s)."""
     return max(1, min(MAX_SUBWINDOWS, math.floor(_span(rule) / MIN_SUBWINDOW_S)))
-
-
-def lease_routes(daemon: Any) -> list[Route]:
-    """The routes factory for `Daemon(routes=...)`: finds the `LeaseService` among the services."""
-    for service in daemon.services:
-        if isinstance(service, LeaseService):
-            return service.routes(daemon.token)
-    raise RuntimeError("no LeaseService among the daemon's services")
 
 
 class _OwnRules:

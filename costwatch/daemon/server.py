@@ -1,18 +1,12 @@
-"""Startup and shutdown wiring: one process, uvicorn serving the Starlette app.
+"""The daemon assembled and served: one process, uvicorn serving the Starlette app.
 
-`Daemon` builds the parts (pricer, metrics, store + writer thread, kill-switch
-registry, app). Extra routes (the spend page) come from ``routes``, a factory
-``f(daemon) -> list[Route]`` placed before the API's. Background services (the
-rules scheduler, later others) plug in through ``services``: objects with
-``start()`` and ``shutdown()``, or factories ``f(daemon) -> service`` when they
-need the store or the kill-switch registry. They start after the store opens and stop before it closes, so a
-SIGTERM/SIGINT drains in-flight requests, stops services, flushes the writer,
-checkpoints and closes the file.
-
-The rules engine, for example, plugs in as
-``lambda d: RuleService.from_settings(d.settings, d.store.con.cursor,
-d.killswitches, d.store.call)``: reads on their own cursors, writes through the store's writer thread (never
-call `Store.call` or the kill-switch registry *from* the writer thread).
+`build_daemon` is the one place that assembles a daemon: it opens the core
+(`DaemonCore`: store + writer thread, kill-switch registry, metrics, pricer), builds
+each collaborator on it (the rules engine, the lease authority, fleet mode, the spend
+page's routes) and hands them to `Daemon` by name; the parts reach each other through
+those names (``daemon.rules``, ``daemon.leases``, ``daemon.fleet``), never by searching.
+Collaborators start after the store opens and stop before it closes, so a SIGTERM/SIGINT
+drains in-flight requests, stops them, flushes the writer, checkpoints and closes the file.
 """
 
 from __future__ import annotations
@@ -25,90 +19,89 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvicorn
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from costwatch import statefile
 from costwatch.daemon.app import build_app
+from costwatch.daemon.core import DaemonCore
 from costwatch.daemon.hosts import is_loopback
-from costwatch.daemon.killswitch import KillSwitchRegistry, StateWatch
-from costwatch.daemon.metrics import DaemonMetrics
 from costwatch.daemon.mirror import StateMirror
-from costwatch.daemon.store import Store
-from costwatch.pricing import Pricer
-from costwatch.settings import DaemonSettings, ensure_token
+from costwatch.daemon.web import page_url, web_routes
+from costwatch.settings import DaemonSettings
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-__all__ = ["BackgroundService", "Daemon", "RunningDaemon", "is_loopback", "serve", "start_in_thread"]
+    from costwatch.daemon.fleet import FleetService
+    from costwatch.daemon.leases import LeaseService
+    from costwatch.daemon.scheduler import RuleService
+
+__all__ = [
+    "BackgroundService",
+    "Daemon",
+    "DaemonCore",
+    "RunningDaemon",
+    "build_daemon",
+    "is_loopback",
+    "serve",
+    "start_in_thread",
+]
 
 log = logging.getLogger("costwatch.daemon")
 
 
-@runtime_checkable
 class BackgroundService(Protocol):
-    """Something that runs beside the HTTP server for the daemon's lifetime (e.g. the rule scheduler)."""
+    """Something that runs beside the HTTP server for the daemon's lifetime (e.g. the rules engine)."""
 
-    def start(self) -> None: ...
+    def start(self) -> Any: ...
 
     def shutdown(self) -> None: ...
 
 
-ServiceSpec = BackgroundService | Callable[["Daemon"], BackgroundService]
-RoutesFactory = Callable[["Daemon"], "list[BaseRoute]"]
-
-
 class Daemon:
-    """The daemon's parts, built once; `close()` is idempotent."""
+    """A daemon: its core, its collaborators by name and the HTTP app over them; `close()` is idempotent.
+
+    ``services`` are further background services, started after the named ones;
+    ``routes`` come before the API's (so they may own ``/``).
+    """
 
     def __init__(
         self,
-        settings: DaemonSettings,
-        services: Iterable[ServiceSpec] = (),
-        routes: RoutesFactory | None = None,
+        core: DaemonCore,
+        *,
+        rules: RuleService | None = None,
+        leases: LeaseService | None = None,
+        fleet: FleetService | None = None,
+        services: Sequence[BackgroundService] = (),
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
-        self.settings = settings
-        self.started_at = time.time()
+        self.core = core
+        # The core's parts that most callers (tests, the banner, the mirror) read from the daemon.
+        self.settings, self.token, self.store = core.settings, core.token, core.store
+        self.metrics, self.killswitches = core.metrics, core.killswitches
+        self.rules = rules
+        self.leases = leases
+        self.fleet = fleet
         self.mirror: StateMirror | None = None  # set by `listening_on` once the port is known
-        self.fleet: Any = None  # the FleetService when fleet_dsn is set (costwatch.daemon.fleet)
-        self.token = settings.token or ensure_token(settings.state_dir)
-        self.pricer = Pricer(settings.prices)
-        self.metrics = DaemonMetrics(killswitch_state=lambda: self.killswitches.state())
-        self.store = Store(
-            settings.db_path,
-            self.pricer,
-            memory_limit=settings.duckdb_memory_limit,
-            threads=settings.duckdb_threads,
-            timezone=settings.timezone,
-            wal_autocheckpoint=settings.duckdb_wal_autocheckpoint,
-            on_commit=self.metrics.observe_commit,
-        )
+        # Started in this order, stopped in reverse: fleet mode stops before the lease authority.
+        self._services: list[BackgroundService] = [
+            *(s for s in (rules, leases, fleet) if s is not None),
+            *services,
+        ]
+        self._started: list[BackgroundService] = []
         try:
-            self.metrics.registry.register(_StoreHealth(self.store))
-            rows = self.store.read(KillSwitchRegistry.load)
-            self.killswitches = KillSwitchRegistry(self.store.call, rows)
-            self.killswitch_watch = StateWatch(self.killswitches)
-            self.services: list[BackgroundService] = [
-                s if isinstance(s, BackgroundService) else s(self) for s in services
-            ]
-            self._started: list[BackgroundService] = []
-            extra = routes(self) if routes else ()
-            self.app = build_app(self, lifespan=self._lifespan, extra_routes=extra)
+            self.app = build_app(core, rules=rules, fleet=fleet, lifespan=self._lifespan, extra_routes=routes)
         except BaseException:
-            self.store.close()
+            core.close()
             raise
 
     def listening_on(self, port: int) -> None:
         """The bound port names the state file apps read (`costwatch.statefile`)."""
-        from costwatch.daemon.leases import LeaseService
-
-        leases = next((s for s in self.services if isinstance(s, LeaseService)), None)
+        leases = self.leases
         self.mirror = StateMirror(
             statefile.path_for(self.settings.state_dir, port),
             self.killswitches,
@@ -128,7 +121,7 @@ class Daemon:
         if self.mirror is not None:
             self.mirror.start()
             self._started.append(self.mirror)
-        for service in self.services:
+        for service in self._services:
             service.start()
             self._started.append(service)
 
@@ -140,28 +133,69 @@ class Daemon:
                 service.shutdown()
             except Exception:
                 log.exception("shutting down %r failed", service)
-        self.store.close()
+        self.core.close()
 
 
-class _StoreHealth(Collector):
-    """`costwatch_store_healthy` at scrape time: 0 while /healthz reports the store degraded."""
+def build_daemon(
+    settings: DaemonSettings,
+    *,
+    rules: bool = True,
+    leases: bool = True,
+    fleet: bool = True,
+    spend_page: bool = True,
+) -> Daemon:
+    """The daemon `costwatch daemon` runs, each collaborator built here and handed over by name.
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    - ``rules``: the rules engine (`RuleService`): alert rules on a schedule, reloads on SIGHUP
+      and ``POST /v1/rules/reload``, budget forecasts;
+    - ``leases``: the lease authority for hard budgets and rate limits (``POST /v1/leases``),
+      on the rules engine's rules;
+    - ``fleet``: fleet mode (`FleetService`), only with ``fleet_dsn`` (psycopg is imported only
+      then); it grants the lease authority's fleet budgets;
+    - ``spend_page``: ``/``, ``/spend-page/…`` and ``GET /v1/budgets`` (the engine's forecasts).
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "costwatch_store_healthy",
-            "1 while the store is healthy, 0 while /healthz reports it degraded (disk full, unwritable, failed commit).",
-        )
-        family.add_metric([], 0.0 if self._store.health() else 1.0)
-        yield family
+    A switch turned off leaves its collaborator out (tests run only the parts they exercise).
+    """
+    core = DaemonCore(settings)
+    try:
+        rule_service = _rules_engine(core) if rules else None
+        lease_service = None
+        routes: list[BaseRoute] = []
+        if leases:
+            from costwatch.daemon.leases import LeaseService
+
+            lease_service = LeaseService.from_settings(settings, core.store, core.pricer, rule_service)
+            routes += lease_service.routes(core.token)
+        fleet_service = None
+        if fleet and settings.fleet_dsn:
+            from costwatch.daemon.fleet import FleetService  # psycopg: imported only with a DSN
+
+            fleet_service = FleetService(settings, core.store, core.killswitches, core.metrics.registry)
+            if lease_service is not None:
+                lease_service.fleet_limit = fleet_service.budgets.node_limit
+        if spend_page:
+            routes += web_routes(core.token, rule_service.forecasts if rule_service is not None else None)
+        return Daemon(core, rules=rule_service, leases=lease_service, fleet=fleet_service, routes=routes)
+    except BaseException:
+        core.close()
+        raise
+
+
+def _rules_engine(core: DaemonCore) -> RuleService:
+    """Reads on the store's cursors, writes (alert events, kill switches) through its writer thread."""
+    from costwatch.daemon.scheduler import RuleMetricsCollector, RuleService
+
+    service = RuleService.from_settings(
+        core.settings, core.store.con.cursor, core.killswitches, core.store.call
+    )
+    core.metrics.registry.register(RuleMetricsCollector(service))
+    return service
 
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when
-    # the listening socket says TCP; with proto 0, Nagle + delayed ACK added ~40 ms per reply.
+    # the listening socket says TCP; with proto 0, Nagle + delayed ACK add ~40 ms to each reply.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -186,7 +220,7 @@ class _Server(uvicorn.Server):
         self._daemon = daemon
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self._daemon.killswitch_watch.close()
+        self._daemon.core.killswitch_watch.close()
         await super().shutdown(sockets)
 
 
@@ -204,7 +238,7 @@ def _server(daemon: Daemon) -> uvicorn.Server:
 def tune_gc() -> None:
     """Fewer cyclic-GC passes while ingesting: every batch allocates ~2 objects per event.
 
-    With the default gen-0 threshold (700) a 10k-event batch triggered ~30 collections,
+    With the default gen-0 threshold (700) a 10k-event batch triggers ~30 collections,
     each walking the young objects: ~2x the cost of building its Arrow table
     (docs/benchmarks.md, section 2). Events themselves are untracked (``gc=False``);
     ``freeze`` moves everything built at start-up out of later full collections.
@@ -237,13 +271,8 @@ def _note_signal(signum: int, frame: Any) -> None:
     log.info("stopped by signal %d", signum)
 
 
-def serve(
-    settings: DaemonSettings,
-    services: Iterable[ServiceSpec] = (),
-    routes: RoutesFactory | None = None,
-    banner: Callable[[Daemon, int], str] | None = None,
-) -> None:
-    """Run in the foreground until SIGTERM/SIGINT (uvicorn installs the handlers)."""
+def serve(settings: DaemonSettings) -> None:
+    """`costwatch daemon`: run `build_daemon` in the foreground until SIGTERM/SIGINT (uvicorn installs the handlers)."""
     if not is_loopback(settings.host):
         print(
             f"costwatch: warning: listening on {settings.host}, not loopback; anyone who can reach it"
@@ -258,22 +287,23 @@ def serve(
         )
     sock = _bind(settings.host, settings.port)
     try:
-        daemon = Daemon(settings, services, routes)
+        daemon = build_daemon(settings)
     except BaseException:
         sock.close()
         raise
+    if daemon.rules is not None:
+        daemon.rules.install_sighup()  # `kill -HUP` reloads the rules (we are on the main thread here)
     port = sock.getsockname()[1]
     daemon.listening_on(port)
     _warn_if_clients_look_elsewhere(settings, port)
     tune_gc()
     try:
         print(
-            f"costwatch daemon on http://{settings.host}:{sock.getsockname()[1]}"
+            f"costwatch daemon on http://{settings.host}:{port}"
             f" (db {settings.db_path}, token in {settings.state_dir})",
             file=sys.stderr,
         )
-        if banner is not None:
-            print(banner(daemon, sock.getsockname()[1]), file=sys.stderr, flush=True)
+        print("spend page: " + page_url(settings.host, port, daemon.token), file=sys.stderr, flush=True)
         # uvicorn handles SIGTERM/SIGINT (graceful shutdown, lifespan closes the store),
         # then re-raises the signal to the handler it found; ours just lets us exit 0.
         previous = {sig: signal.signal(sig, _note_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -310,15 +340,17 @@ class RunningDaemon:
         self.daemon.close()
 
 
-def start_in_thread(
-    settings: DaemonSettings, services: Iterable[ServiceSpec] = (), routes: RoutesFactory | None = None
-) -> RunningDaemon:
-    """Serve on ``settings.host:settings.port`` (0 = any free port) from a background thread."""
-    sock = _bind(settings.host, settings.port)
+def start_in_thread(daemon: Daemon) -> RunningDaemon:
+    """Serve ``daemon`` on its ``settings.host:settings.port`` (0 = any free port) from a background thread.
+
+    ``start_in_thread(build_daemon(settings))`` runs what `costwatch daemon` runs;
+    ``start_in_thread(Daemon(DaemonCore(settings)))`` the HTTP API alone.
+    """
+    settings = daemon.settings
     try:
-        daemon = Daemon(settings, services, routes)
+        sock = _bind(settings.host, settings.port)
     except BaseException:
-        sock.close()
+        daemon.close()
         raise
     daemon.listening_on(sock.getsockname()[1])
     server = _server(daemon)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -28,9 +28,6 @@ from starlette.staticfiles import StaticFiles
 from costwatch.daemon.auth import authorized
 from costwatch.daemon.schema import UNPRICED_SQL
 from costwatch.daemon.sql import encode
-
-if TYPE_CHECKING:
-    from costwatch.daemon.server import Daemon
 
 __all__ = ["QUERIES", "RANGES", "STATIC_DIR", "page_url", "render", "web_routes"]
 
@@ -176,22 +173,13 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 Forecasts = Callable[[], list[dict[str, Any]]]
 
 
-def web_routes(daemon: Daemon, forecasts: Forecasts | None = None) -> list[BaseRoute]:
+def web_routes(token: str, forecasts: Forecasts | None = None) -> list[BaseRoute]:
     """Routes for the daemon's app: ``/``, ``/spend-page/…`` and ``GET /v1/budgets``.
 
-    ``forecasts`` defaults to the ``forecasts()`` of the first of ``daemon.services``
-    that has one (the rules engine's `RuleService`), looked up per request.
+    ``forecasts`` is the rules engine's (`RuleService.forecasts`); without one, ``/v1/budgets``
+    says no rules are loaded.
     """
-    token = daemon.token.encode()
-
-    def find_forecasts() -> Forecasts | None:
-        if forecasts is not None:
-            return forecasts
-        for service in getattr(daemon, "services", []):
-            fn = getattr(service, "forecasts", None)
-            if callable(fn):
-                return fn
-        return None
+    expected = token.encode()
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
@@ -201,13 +189,12 @@ def web_routes(daemon: Daemon, forecasts: Forecasts | None = None) -> list[BaseR
         return _json({"queries": QUERIES, "ranges": ranges, "default_range": DEFAULT_RANGE})
 
     async def budgets(request: Request) -> Response:
-        if not authorized(request, token):
+        if not authorized(request, expected):
             return _json({"error": "missing or invalid bearer token"}, 401, {"WWW-Authenticate": "Bearer"})
-        fn = find_forecasts()
-        if fn is None:
+        if forecasts is None:
             return _json({"rules_loaded": False, "budgets": []})
         try:
-            items = await run_in_threadpool(fn)
+            items = await run_in_threadpool(forecasts)
         except Exception as exc:
             line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return _json({"error": f"budget forecasts failed: {line}"}, 500)

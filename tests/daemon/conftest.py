@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from costwatch.daemon.server import RunningDaemon, start_in_thread
+from costwatch.daemon.server import Daemon, DaemonCore, RunningDaemon, start_in_thread
 from costwatch.events import UsageEvent, encode_many, new_event_id
 from costwatch.settings import DaemonSettings
 
@@ -25,7 +25,7 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     def start(**overrides: Any) -> RunningDaemon:
         values: dict[str, Any] = {"state_dir": tmp_path, "port": 0, "host": "127.0.0.1"}
         values.update(overrides)
-        daemon = start_in_thread(DaemonSettings(**values))
+        daemon = start_in_thread(Daemon(DaemonCore(DaemonSettings(**values))))
         running.append(daemon)
         return daemon
 

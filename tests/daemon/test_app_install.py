@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from costwatch.cli import DAEMON_PACKAGES
+from costwatch.cli.errors import DAEMON_PACKAGES
 from tests.fakes.provider import FakeProvider
 from tests.support.processes import DaemonProcess, clean_env
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from costwatch.cli import default_routes, default_services
-from costwatch.daemon.server import RunningDaemon, start_in_thread
+from costwatch.daemon.server import RunningDaemon, build_daemon, start_in_thread
 from costwatch.settings import ClientSettings, DaemonSettings
 from costwatch.sources import DaemonEndpoint, SettingError, daemon_endpoint
 
@@ -133,7 +132,7 @@ AVOIDABLE = ("typing", "dataclasses")
 def full_daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
     """The daemon as `costwatch daemon` builds it: every service and route (status reads /v1/budgets)."""
     settings = DaemonSettings(state_dir=tmp_path, port=0, host="127.0.0.1", rules=tmp_path / "no-rules")
-    daemon = start_in_thread(settings, default_services(settings), default_routes())
+    daemon = start_in_thread(build_daemon(settings))
     yield daemon
     daemon.stop()
 

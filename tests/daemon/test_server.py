@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from costwatch.daemon.server import Daemon, is_loopback, start_in_thread
+from costwatch.daemon.server import Daemon, DaemonCore, is_loopback, start_in_thread
 from costwatch.settings import DaemonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,19 +26,16 @@ class Recorder:
 
 def test_background_services_start_and_stop_in_order(tmp_path: Path) -> None:
     log: list[str] = []
-    seen: list[Daemon] = []
-
-    def factory(daemon: Daemon) -> Recorder:
-        seen.append(daemon)  # a factory gets the daemon: store, kill-switch registry, settings
-        return Recorder(log, "rules")
-
-    running = start_in_thread(DaemonSettings(state_dir=tmp_path, port=0), [Recorder(log, "a"), factory])
+    core = DaemonCore(DaemonSettings(state_dir=tmp_path, port=0))
+    rules = Recorder(log, "rules")
+    daemon = Daemon(core, rules=rules, services=[Recorder(log, "a"), Recorder(log, "b")])  # type: ignore[arg-type]
+    assert daemon.rules is rules and daemon.killswitches is core.killswitches
+    running = start_in_thread(daemon)
     try:
-        assert log == ["start a", "start rules"]
-        assert seen[0].killswitches is running.daemon.killswitches
+        assert log == ["start rules", "start a", "start b"]
     finally:
         running.stop()
-    assert log == ["start a", "start rules", "stop rules", "stop a"]
+    assert log == ["start rules", "start a", "start b", "stop b", "stop a", "stop rules"]
 
 
 def test_is_loopback() -> None:
@@ -89,7 +86,8 @@ def test_extra_routes_come_first(tmp_path: Path) -> None:
     async def page(request: object) -> PlainTextResponse:
         return PlainTextResponse("spend page")
 
-    running = start_in_thread(DaemonSettings(state_dir=tmp_path, port=0), routes=lambda d: [Route("/", page)])
+    core = DaemonCore(DaemonSettings(state_dir=tmp_path, port=0))
+    running = start_in_thread(Daemon(core, routes=[Route("/", page)]))
     try:
         assert httpx.get(running.url + "/").text == "spend page"
         assert httpx.get(running.url + "/healthz").json()["status"] == "ok"

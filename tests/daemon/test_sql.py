@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from costwatch.daemon.server import start_in_thread
+from costwatch.daemon.server import Daemon, DaemonCore, start_in_thread
 from costwatch.daemon.sql import QueryError, run_query
 from costwatch.daemon.store import open_database
 from costwatch.settings import DaemonSettings
@@ -52,7 +52,7 @@ ESCAPES = [
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """One daemon with three events for all escape attempts (a restart per case costs ~0.4 s)."""
-    d = start_in_thread(DaemonSettings(state_dir=tmp_path_factory.mktemp("sql"), port=0))
+    d = start_in_thread(Daemon(DaemonCore(DaemonSettings(state_dir=tmp_path_factory.mktemp("sql"), port=0))))
     with httpx.Client(base_url=d.url, headers={"Authorization": f"Bearer {d.token}"}, timeout=30) as c:
         events = [make_event(input_tokens=100, output_tokens=10) for _ in range(3)]
         assert post_events(c, events).status_code == 200

@@ -13,11 +13,9 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
-from costwatch.daemon.fleet import FleetService
 from costwatch.daemon.fleet.budgets import FleetBudgets
-from costwatch.daemon.leases import LeaseService, lease_routes
 from costwatch.daemon.rules import BudgetRule
-from costwatch.daemon.server import start_in_thread
+from costwatch.daemon.server import build_daemon, start_in_thread
 from costwatch.settings import DaemonSettings
 from tests.fakes import provider as fake_provider
 from tests.fakes.provider import FakeProvider
@@ -111,9 +109,7 @@ def fleet_rigs(tmp: Path, pg: PostgresServer, daemons: int) -> Iterator[list[Rig
                 fleet_dsn=pg.dsn,
                 node=f"budget-host-{i}",
             )
-            running = start_in_thread(
-                settings, [LeaseService.for_daemon, FleetService.for_daemon], lease_routes
-            )
+            running = start_in_thread(build_daemon(settings, rules=False, spend_page=False))
             rigs.append(Rig(fake, running, tmp / f"host-{i}", rules_dir))
         yield rigs
     finally:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from costwatch.daemon.fleet import FleetService
-from costwatch.daemon.server import RunningDaemon, start_in_thread
+from costwatch.daemon.server import RunningDaemon, build_daemon, start_in_thread
 from costwatch.settings import DaemonSettings
 from tests.daemon.conftest import make_event, post_events
 from tests.support.postgres import PostgresServer
@@ -56,7 +56,7 @@ class Node:
             fleet_connect_timeout_s=1,
             **self.extra,
         )
-        self.running = start_in_thread(settings, [FleetService.for_daemon])
+        self.running = start_in_thread(build_daemon(settings, rules=False, leases=False, spend_page=False))
         self.client = httpx.Client(
             base_url=self.running.url, headers={"Authorization": f"Bearer {self.running.token}"}, timeout=30
         )

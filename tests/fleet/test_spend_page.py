@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from costwatch.daemon.fleet import FleetService
-from costwatch.daemon.server import RunningDaemon, start_in_thread
-from costwatch.daemon.web import web_routes
+from costwatch.daemon.server import RunningDaemon, build_daemon, start_in_thread
 from costwatch.settings import DaemonSettings
 from tests.support.postgres import PostgresServer
 from tests.web.conftest import driver, loaded, wait_for
@@ -21,7 +19,7 @@ __all__ = ["driver"]  # the session's headless Chromium (skipped without it)
 @pytest.fixture
 def fleet_page(postgres: PostgresServer, tmp_path: Path) -> Iterator[RunningDaemon]:
     settings = DaemonSettings(state_dir=tmp_path, port=0, fleet_dsn=postgres.dsn, node="page-node")
-    running = start_in_thread(settings, [FleetService.for_daemon], routes=web_routes)
+    running = start_in_thread(build_daemon(settings, rules=False, leases=False))
     yield running
     running.stop()
 

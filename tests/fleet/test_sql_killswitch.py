@@ -141,10 +141,10 @@ def test_fleet_kill_switch_expires(pair: tuple[Node, Node]) -> None:
 
 
 def test_without_fleet_mode_the_fleet_routes_say_so(tmp_path: Path) -> None:
-    from costwatch.daemon.server import start_in_thread
+    from costwatch.daemon.server import Daemon, DaemonCore, start_in_thread
     from costwatch.settings import DaemonSettings
 
-    running = start_in_thread(DaemonSettings(state_dir=tmp_path, port=0))
+    running = start_in_thread(Daemon(DaemonCore(DaemonSettings(state_dir=tmp_path, port=0))))
     try:
         import httpx
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from costwatch.cli import default_routes, default_services
-from costwatch.daemon.server import RunningDaemon, start_in_thread
+from costwatch.daemon.server import RunningDaemon, build_daemon, start_in_thread
 from costwatch.settings import DaemonSettings
 from tests.daemon.test_cli_startup import HEAVY, _imported_modules
 from tests.support.postgres import PostgresServer
@@ -28,12 +27,13 @@ def test_a_daemon_without_a_dsn_imports_nothing_of_fleet_mode(tmp_path: Path) ->
     code = textwrap.dedent(
         f"""
         import sys, httpx
-        from costwatch.cli import default_routes, default_services, load_settings, build_parser
-        from costwatch.daemon.server import start_in_thread
+        from costwatch.cli.parser import build_parser
+        from costwatch.cli.settings import load_settings
+        from costwatch.daemon.server import build_daemon, start_in_thread
         args = build_parser().parse_args(["daemon", "--port", "0", "--rules", {str(tmp_path / "none")!r}])
         settings = load_settings(args, rules=args.rules, fleet_dsn=args.fleet_dsn)
         assert settings.fleet_dsn is None
-        d = start_in_thread(settings, default_services(settings), default_routes())
+        d = start_in_thread(build_daemon(settings))
         h = {{"Authorization": "Bearer " + d.token}}
         for path in ("/", "/metrics", "/healthz", "/v1/status", "/v1/killswitch", "/v1/budgets"):
             httpx.get(d.url + path, headers=h).raise_for_status()
@@ -51,7 +51,8 @@ def test_a_daemon_without_a_dsn_imports_nothing_of_fleet_mode(tmp_path: Path) ->
 
 
 def test_dsn_from_env_config_and_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from costwatch.cli import build_parser, load_settings
+    from costwatch.cli.parser import build_parser
+    from costwatch.cli.settings import load_settings
 
     for key in list(os.environ):
         if key.upper().startswith("COSTWATCH_"):
@@ -81,7 +82,7 @@ def fleet_daemon(postgres: PostgresServer, tmp_path: Path) -> Iterator[RunningDa
     settings = DaemonSettings(
         state_dir=tmp_path, port=0, rules=tmp_path / "no-rules", fleet_dsn=postgres.dsn, node="cli-node"
     )
-    daemon = start_in_thread(settings, default_services(settings), default_routes())
+    daemon = start_in_thread(build_daemon(settings))
     yield daemon
     daemon.stop()
 
@@ -139,15 +140,13 @@ def test_the_documented_roles_work(postgres: PostgresServer, tmp_path: Path) -> 
     import httpx
     import psycopg
 
-    from costwatch.daemon.fleet import FleetService
-
     before, after = _documented_setup()
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         for statement in before:
             conn.execute(statement)  # type: ignore[arg-type]
     writer = postgres.dsn_for("costwatch_writer", "costwatch")
     settings = DaemonSettings(state_dir=tmp_path / "w", port=0, fleet_dsn=writer, node="documented")
-    daemon = start_in_thread(settings, [FleetService.for_daemon])
+    daemon = start_in_thread(build_daemon(settings, rules=False, leases=False, spend_page=False))
     try:
         assert daemon.daemon.fleet.ledger_id is not None  # the writer created and migrated the schema
     finally:
@@ -159,7 +158,7 @@ def test_the_documented_roles_work(postgres: PostgresServer, tmp_path: Path) -> 
     settings = DaemonSettings(
         state_dir=tmp_path / "w", port=0, fleet_dsn=writer, fleet_sql_dsn=reader, node="documented"
     )
-    daemon = start_in_thread(settings, [FleetService.for_daemon])
+    daemon = start_in_thread(build_daemon(settings, rules=False, leases=False, spend_page=False))
     try:
         h = {"Authorization": f"Bearer {daemon.token}"}
         event = '[{"id": "0193a1b2-0000-7000-8000-000000000001", "call_id": "c", "ts_start": 1764806400.0,'

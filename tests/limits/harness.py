@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from costwatch.daemon.leases import LeaseService, lease_routes
-from costwatch.daemon.server import RunningDaemon, start_in_thread
+from costwatch.daemon.leases import LeaseService
+from costwatch.daemon.server import RunningDaemon, build_daemon, start_in_thread
 from costwatch.settings import DaemonSettings
 from tests.fakes import provider as fake_provider
 from tests.fakes.provider import FakeProvider
@@ -40,7 +40,9 @@ class Rig:
 
     @property
     def leases(self) -> LeaseService:
-        return next(s for s in self.daemon.daemon.services if isinstance(s, LeaseService))
+        leases = self.daemon.daemon.leases
+        assert leases is not None
+        return leases
 
     def env(self, app: str = "bench", **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COSTWATCH_")}
@@ -159,7 +161,7 @@ def rig(tmp: Path, rules_yaml: str) -> Iterator[Rig]:
     FakeProvider._log = log  # type: ignore[method-assign]
     fake = FakeProvider().start()
     settings = DaemonSettings(state_dir=tmp / "daemon", port=0, host="127.0.0.1", rules=rules_dir)
-    daemon = start_in_thread(settings, [LeaseService.for_daemon], lease_routes)
+    daemon = start_in_thread(build_daemon(settings, rules=False, spend_page=False))
     try:
         yielded = Rig(fake, daemon, tmp, rules_dir, arrivals)
         yield yielded

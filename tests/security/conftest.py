@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from costwatch.daemon.server import Daemon
+from costwatch.daemon.server import Daemon, DaemonCore
 from costwatch.settings import DaemonSettings
 
 
@@ -37,7 +37,7 @@ class InProcess:
 
 def in_process_daemon(state_dir: Path, **overrides: Any) -> InProcess:
     settings = DaemonSettings(state_dir=state_dir, port=0, **overrides)
-    daemon = Daemon(settings)
+    daemon = Daemon(DaemonCore(settings))
     loop = asyncio.new_event_loop()
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=daemon.app),

@@ -16,8 +16,7 @@ import httpx
 import pytest
 from starlette.routing import BaseRoute, Mount, Route
 
-from costwatch.cli import default_routes, default_services
-from costwatch.daemon.server import Daemon
+from costwatch.daemon.server import Daemon, DaemonCore, build_daemon
 from costwatch.events import encode_many
 from costwatch.settings import DEFAULT_HOST, DaemonSettings
 from tests.daemon.conftest import make_event
@@ -42,7 +41,7 @@ def full_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     d = in_process_daemon(state)
     d.daemon.close()  # rebuild with the CLI's extra routes, on the same state dir
     settings = DaemonSettings(state_dir=state, port=0)
-    daemon = Daemon(settings, services=default_services(settings), routes=default_routes())
+    daemon = build_daemon(settings)
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=daemon.app), base_url="http://127.0.0.1:7707"
     )
@@ -255,7 +254,7 @@ def test_token_file_created_0600_by_a_fresh_daemon(tmp_path: Path) -> None:
     """(tests/daemon/test_ingest.py::test_token_file_is_private checks the in-thread daemon.)"""
     old = os.umask(0)  # even a permissive umask must not widen it
     try:
-        daemon = Daemon(DaemonSettings(state_dir=tmp_path / "s", port=0))
+        daemon = Daemon(DaemonCore(DaemonSettings(state_dir=tmp_path / "s", port=0)))
         daemon.close()
     finally:
         os.umask(old)

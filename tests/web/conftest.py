@@ -20,9 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from costwatch.daemon.scheduler import RuleService
-from costwatch.daemon.server import Daemon, RunningDaemon, start_in_thread
-from costwatch.daemon.web import web_routes
+from costwatch.daemon.server import RunningDaemon, build_daemon, start_in_thread
 from costwatch.events import encode_many
 from costwatch.settings import DaemonSettings
 from tests.web.traffic import PRICE_OVERRIDES, Traffic, make_traffic
@@ -91,9 +89,6 @@ def page_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageDaemon
     rules_dir.mkdir()
     (rules_dir / "budgets.yml").write_text(BUDGET_RULES)
 
-    def rules(d: Daemon) -> RuleService:  # the rules engine, plugged in as the daemon does
-        return RuleService.from_settings(d.settings, d.store.con.cursor, d.killswitches, d.store.call)
-
     settings = DaemonSettings(
         state_dir=state_dir,
         port=0,
@@ -103,7 +98,7 @@ def page_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageDaemon
         rules=rules_dir,
         evaluation_interval_s=3600,
     )
-    running = start_in_thread(settings, services=[rules], routes=web_routes)
+    running = start_in_thread(build_daemon(settings, leases=False))  # the rules engine and the page
     page = PageDaemon(running, state_dir, make_traffic())
     response = page.http.post("/v1/events", content=encode_many(page.traffic.events))
     assert response.status_code == 200, response.text

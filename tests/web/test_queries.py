@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from costwatch.daemon import web
-from costwatch.daemon.server import start_in_thread
+from costwatch.daemon.server import build_daemon, start_in_thread
 from costwatch.events import encode_many
 from costwatch.settings import DaemonSettings
 from tests.web.traffic import PRICE_OVERRIDES, make_traffic
@@ -17,7 +17,7 @@ from tests.web.traffic import PRICE_OVERRIDES, make_traffic
 @pytest.mark.parametrize("tz", ["UTC", "Pacific/Kiritimati", "America/Los_Angeles"])
 def test_today_and_month_match_status_in_the_daemon_time_zone(tmp_path: Path, tz: str) -> None:
     settings = DaemonSettings(state_dir=tmp_path, port=0, prices=PRICE_OVERRIDES, timezone=tz)
-    running = start_in_thread(settings, routes=web.web_routes)
+    running = start_in_thread(build_daemon(settings, rules=False, leases=False))
     try:
         auth = {"Authorization": f"Bearer {running.token}"}
         with httpx.Client(base_url=running.url, headers=auth, timeout=30) as client:

@@ -8,8 +8,7 @@ from typing import Any
 
 import httpx
 
-from costwatch.daemon.server import start_in_thread
-from costwatch.daemon.web import web_routes
+from costwatch.daemon.server import build_daemon, start_in_thread
 from costwatch.events import UsageEvent, encode_many, new_event_id
 from costwatch.settings import DaemonSettings
 from tests.web.conftest import PageDaemon, loaded, wait_for
@@ -53,7 +52,7 @@ def test_a_stopped_daemon_leaves_the_last_numbers_and_says_so(driver: Any, tmp_p
     from selenium.webdriver.common.by import By
 
     settings = DaemonSettings(state_dir=tmp_path, port=0, prices=PRICE_OVERRIDES)
-    running = start_in_thread(settings, routes=web_routes)
+    running = start_in_thread(build_daemon(settings, rules=False, leases=False))
     try:
         auth = {"Authorization": f"Bearer {running.token}"}
         events = make_traffic(seed=3).events

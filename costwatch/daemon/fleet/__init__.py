@@ -1,6 +1,6 @@
 """Fleet mode on PostgreSQL (``fleet_dsn``): one ledger, one kill switch across every daemon.
 
-Imported only when a DSN is configured (`costwatch.cli.default_services`), so a daemon
+Imported only when a DSN is configured (`costwatch.daemon.server.build_daemon`), so a daemon
 without one never loads psycopg. `FleetService` is a daemon service (``start``/``shutdown``)
 owning one connection pool and the parts, one module each:
 
@@ -35,8 +35,12 @@ from costwatch.daemon.fleet.replicator import Replicator
 from costwatch.daemon.fleet.sql import run_fleet_query
 
 if TYPE_CHECKING:
-    from costwatch.daemon.server import Daemon
+    from prometheus_client import CollectorRegistry
+
+    from costwatch.daemon.killswitch import KillSwitchRegistry
     from costwatch.daemon.sql import QueryResult
+    from costwatch.daemon.store import Store
+    from costwatch.settings import DaemonSettings
 
 __all__ = ["FleetService"]
 
@@ -46,10 +50,14 @@ log = logging.getLogger("costwatch.daemon.fleet")
 class FleetService:
     """Everything fleet mode runs in one daemon."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        settings = daemon.settings
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        store: Store,
+        killswitches: KillSwitchRegistry,
+        metrics: CollectorRegistry,
+    ) -> None:
         assert settings.fleet_dsn
-        self.settings = settings
         self.node: str = settings.node
         self.dsn: str = settings.fleet_dsn
         self.connect_timeout_s: float = settings.fleet_connect_timeout_s
@@ -78,7 +86,7 @@ class FleetService:
         )
         self.ledger_id: str | None = None
         self.replicator = Replicator(
-            daemon.store,
+            store,
             self.pool,
             self._bootstrap,
             self.node,
@@ -90,7 +98,7 @@ class FleetService:
             self.pool,
             self.dsn,
             self.connect_kwargs,
-            daemon.killswitches,
+            killswitches,
             self.node,
             poll_s=settings.fleet_poll_s,
             connect_timeout_s=self.connect_timeout_s,
@@ -98,15 +106,8 @@ class FleetService:
         self.budgets = FleetBudgets(
             self.pool, self.node, ttl_s=settings.fleet_slice_ttl_s, connect_timeout_s=self.connect_timeout_s
         )
-        self._daemon = daemon
         self._bootstrap_lock = threading.Lock()
-        daemon.metrics.registry.register(_FleetMetrics(self))
-
-    @classmethod
-    def for_daemon(cls, daemon: Daemon) -> FleetService:
-        service = cls(daemon)
-        daemon.fleet = service  # type: ignore[attr-defined]  # read by the HTTP API and the spend page
-        return service
+        metrics.register(_FleetMetrics(self))
 
     def _bootstrap(self) -> str:
         """Migrate the ledger (once) and return its id."""
@@ -136,12 +137,6 @@ class FleetService:
             )
         self.replicator.start()
         self.killswitch.start()
-        # The host lease authority asks us for `fleet: true` budgets (every service is built by now).
-        from costwatch.daemon.leases import LeaseService
-
-        for service in self._daemon.services:
-            if isinstance(service, LeaseService):
-                service.fleet_limit = self.budgets.node_limit
         self.budgets.start()
 
     def shutdown(self) -> None:
