@@ -84,8 +84,8 @@ def cmd_rules_reload(args: argparse.Namespace) -> int:
 def cmd_rules_backtest(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from costwatch.daemon.rules.backtest import backtest
     from costwatch.daemon.rules import RuleError, load_rules
+    from costwatch.daemon.rules.backtest import backtest
 
     directory = _rules_dir(args.dir)
     if directory is None:
