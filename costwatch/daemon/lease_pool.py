@@ -269,6 +269,7 @@ class LeasePool:
                 if lid == limit_id and g == group
             )
 
+
 def _span(rule: RateLimitRule) -> float:
     return parse_duration(rule.window).total_seconds()
 
