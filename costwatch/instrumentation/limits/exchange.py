@@ -7,6 +7,12 @@ is already in the daemon's database: the daemon counts a settled call either in 
 recorded spend or in this lease, never in neither. Daemon unreachable: a slice that expired
 is replaced by nothing — calls then pass (fail open) or are refused
 (``COSTWATCH_FAIL_CLOSED``).
+
+How often: every ``renew_s`` while slices are held, every ``idle_s`` while limits exist but
+no call draws on them. With nothing to enforce the thread does not ask the daemon every
+second: it exchanges when the daemon's state file (`costwatch.statefile`, rewritten when the
+number of hard limits changes) says there are hard limits, checked with one ``stat`` every
+``idle_s``, and every ``quiet_s`` in case that file is not where this process looks.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from costwatch import statefile
 from costwatch.instrumentation.limits.slices import Slice
 from costwatch.protocol import LeaseReply, LeaseRequest, SliceRequest
 
@@ -36,7 +43,8 @@ class LeaseExchange:
     """The exchange half of `Limiter` (a mixin: the call path reads the state it writes directly)."""
 
     renew_s = 0.2  # exchange this often while slices are held
-    idle_s = 1.0  # and this often otherwise (to learn about new rules)
+    idle_s = 1.0  # this often while limits exist but hold no slice (and how often to stat the state file)
+    quiet_s = 30.0  # and at least this often with nothing to enforce (the state file brings news sooner)
     horizon_s = 1.0  # a slice covers about this long at the recent rate
     min_gap_s = 0.01  # at least this long between two exchanges
     window_guard_s = 0.1  # stop admitting this long before a rate window ends (the call is still in flight)
@@ -50,13 +58,38 @@ class LeaseExchange:
             except Exception as exc:  # our bug must not kill the thread
                 self.counters["exchange_failures"] += 1
                 log.debug("lease exchange failed: %r", exc)
-            interval = self.renew_s if self._slices else self.idle_s
             started = time.monotonic()
-            if self._wake.wait(interval):
+            if self._slices or self._limits or not self._known:
+                woken = self._wake.wait(self.renew_s if self._slices else self.idle_s)
+            else:
+                woken = self._wait_quietly()
+            if woken:
                 self._wake.clear()
                 gap = self.min_gap_s - (time.monotonic() - started)
                 if gap > 0:  # calls asking again while surplus comes back: not a busy loop
                     time.sleep(gap)
+
+    def _wait_quietly(self: Limiter) -> bool:
+        """Nothing to enforce: wait until woken (True), hard limits are announced or ``quiet_s`` passed."""
+        until = time.monotonic() + self.quiet_s
+        while not self._stop:
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            if self._wake.wait(min(self.idle_s, left)):
+                return True
+            if self._limits_announced():
+                return False
+        return False
+
+    def _limits_announced(self: Limiter) -> bool:
+        """The daemon's state file changed since the last look and counts hard limits."""
+        stamp = statefile.stamp(self._state_path)
+        if stamp is None or stamp == self._state_stamp:
+            return False
+        self._state_stamp = stamp
+        state = statefile.read(self._state_path)
+        return state is not None and state.hard_limits > 0
 
     def _exchange(self: Limiter) -> None:
         """Report consumption, renew or shrink slices, ask for what blocked calls need."""

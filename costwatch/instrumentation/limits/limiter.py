@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+from costwatch import statefile
 from costwatch.connection import DaemonConnection
 from costwatch.errors import BudgetExhausted, CallBlocked, RateLimited
 from costwatch.instrumentation.killswitch import sdk_error
@@ -89,6 +90,9 @@ class Limiter(Lifecycle, LeaseExchange):
             # call waits for the first exchange, which still runs and brings any limit later.
             self._known = True
             self.active = False
+        # Where the daemon announces hard limits (new ones bring an exchange when none are known).
+        self._state_path = statefile.path_for(settings.state_dir, self._conn.port)
+        self._state_stamp = statefile.stamp(self._state_path)
         track(self)
 
     @classmethod
