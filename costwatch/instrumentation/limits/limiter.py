@@ -297,21 +297,6 @@ class Limiter(Lifecycle, LeaseExchange):
         except Exception:
             guard.report("limits.settle")
 
-    def stats(self) -> dict[str, Any]:
-        """Counters and the slices held (tests, diagnostics)."""
-        with self._lock:
-            slices = {
-                f"{k[0]}|{k[1]}": {
-                    "granted": p.granted,
-                    "reserved": p.reserved,
-                    "settled": p.settled,
-                    "free": p.free,
-                    "window": p.window,
-                }
-                for k, p in self._slices.items()
-            }
-        return {**self.counters, "known": self._known, "reachable": self._reachable, "slices": slices}
-
 
 def admit_sync(record: LimitedCallRecord) -> CallBlocked | None:
     """Admit a call from a sync ``send``: may sleep (``on_exceed: wait``); returns the error to raise."""
