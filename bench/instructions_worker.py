@@ -84,6 +84,7 @@ def _costwatch(spec: dict[str, Any]) -> Any:
     if limiter is not None:  # its lease exchanges are timer work too
         limiter.idle_s *= scale
         limiter.renew_s *= scale
+        limiter.quiet_s *= scale
     counts = {"ticks": 0, "posts": 0}
     tick, post = emitter._tick, emitter._post
 

@@ -3,9 +3,9 @@
 Text, in any script: every tokenizer in use (byte-level BPE, SentencePiece with byte
 fallback) spends at least one UTF-8 byte per token, so the request body's byte count
 bounds the tokens of all the text in it, JSON keys included — and the keys (~28 bytes
-a message) more than cover the few template tokens a provider adds per message. The
-former ``bytes / 4`` was an estimate: CJK text is ~1 token a character (3 bytes) and
-unusual strings can reach 1 token a byte.
+a message) more than cover the few template tokens a provider adds per message.
+``bytes / 4`` would be an estimate, not a bound: CJK text is ~1 token a character
+(3 bytes) and unusual strings can reach 1 token a byte.
 
 Media are not text: their base64 bytes are taken out of the count and each part is
 bounded by the provider's documented formula (images by detail and size, read from

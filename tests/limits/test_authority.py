@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from costwatch.daemon.leases import LeaseRequest, LeaseService, SliceRequest
+from costwatch.daemon.leases import LeaseService
 from costwatch.daemon.rules import load_rules
+from costwatch.protocol import LeaseRequest, SliceRequest
 
 
 class Clock:

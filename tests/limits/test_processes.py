@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from costwatch.daemon.leases import LeaseRequest
+from costwatch.protocol import LeaseRequest
 from tests.limits.harness import Rig, rig
 
 pytestmark = pytest.mark.slow

@@ -39,9 +39,9 @@ def main() -> None:
     times: list[float] = []
 
     if cfg.get("old_bound"):  # the reservation before issue 19, for comparison: body bytes / 4
-        import costwatch.instrumentation.limits as limits
+        from costwatch.instrumentation.limits import sizing
 
-        limits.input_bound = lambda body, provider, model: -(-len(body) // 4)
+        sizing.input_bound = lambda body, provider, model: -(-len(body) // 4)
 
     def shaped(shape: str, kwargs: dict) -> object:
         """A message's content of one shape (``shapes`` config: text, cjk, image_url, image_inline, tools)."""
