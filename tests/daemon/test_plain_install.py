@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from costwatch.cli import DAEMON_PACKAGES, FLEET_PACKAGES
+from costwatch.cli.errors import DAEMON_PACKAGES, FLEET_PACKAGES
 from tests.fakes.provider import CHAT_USAGE, FakeProvider
 from tests.support.processes import DaemonProcess
 

@@ -240,7 +240,7 @@ def test_rules_check_needs_no_daemon_package() -> None:
     import subprocess
     import sys
 
-    from costwatch.cli import DAEMON_PACKAGES
+    from costwatch.cli.errors import DAEMON_PACKAGES
 
     code = f"""
 import sys

@@ -21,16 +21,12 @@ import logging
 import math
 import os
 import time
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from costwatch import statefile
 from costwatch.instrumentation.limits.slices import Slice
 from costwatch.protocol import LeaseReply, LeaseRequest, SliceRequest
-
-if TYPE_CHECKING:
-    from costwatch.instrumentation.limits.limiter import Limiter
 
 __all__ = ["LeaseExchange"]
 
@@ -51,7 +47,7 @@ class LeaseExchange:
     flush_timeout_s = 2.0
     read_timeout_s = 5.0
 
-    def _run(self: Limiter) -> None:
+    def _run(self) -> None:
         while not self._stop:
             try:
                 self._exchange()
@@ -69,7 +65,7 @@ class LeaseExchange:
                 if gap > 0:  # calls asking again while surplus comes back: not a busy loop
                     time.sleep(gap)
 
-    def _wait_quietly(self: Limiter) -> bool:
+    def _wait_quietly(self) -> bool:
         """Nothing to enforce: wait until woken (True), hard limits are announced or ``quiet_s`` passed."""
         until = time.monotonic() + self.quiet_s
         while not self._stop:
@@ -82,7 +78,7 @@ class LeaseExchange:
                 return False
         return False
 
-    def _limits_announced(self: Limiter) -> bool:
+    def _limits_announced(self) -> bool:
         """The daemon's state file changed since the last look and counts hard limits."""
         stamp = statefile.stamp(self._state_path)
         if stamp is None or stamp == self._state_stamp:
@@ -91,7 +87,7 @@ class LeaseExchange:
         state = statefile.read(self._state_path)
         return state is not None and state.hard_limits > 0
 
-    def _exchange(self: Limiter) -> None:
+    def _exchange(self) -> None:
         """Report consumption, renew or shrink slices, ask for what blocked calls need."""
         if os.getpid() != self._pid:
             return
@@ -156,7 +152,7 @@ class LeaseExchange:
             self._reachable = True
             self._completed = seq
 
-    def _size(self: Limiter, piece: Slice, now: float, elapsed: float) -> tuple[float, float]:
+    def _size(self, piece: Slice, now: float, elapsed: float) -> tuple[float, float]:
         """(want, release): cover about ``horizon_s`` at the recent rate, plus what calls wait for."""
         piece.rate = 0.5 * piece.rate + 0.5 * (piece.demand / elapsed)
         piece.demand = 0.0
@@ -172,7 +168,7 @@ class LeaseExchange:
             want = float(math.ceil(want))
         return want, release
 
-    def _apply(self: Limiter, reply: LeaseReply, sent: list[tuple[Slice, float]], t_sent: float) -> None:
+    def _apply(self, reply: LeaseReply, sent: list[tuple[Slice, float]], t_sent: float) -> None:
         self._limits = reply.limits
         self._known = True
         self._exchanged = True
@@ -217,7 +213,7 @@ class LeaseExchange:
                 piece.window_end = math.inf
             piece.valid_until = expiry
 
-    def _post(self: Limiter, request: LeaseRequest, timeout: float | None = None) -> LeaseReply:
+    def _post(self, request: LeaseRequest, timeout: float | None = None) -> LeaseReply:
         body = msgspec.json.encode(request)
         token = self._settings.resolved_token()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -230,7 +226,7 @@ class LeaseExchange:
             raise OSError(f"lease exchange answered {status}: {data[:200]!r}")
         return _reply_decoder.decode(data)
 
-    def _release(self: Limiter, timeout: float) -> None:
+    def _release(self, timeout: float) -> None:
         """Hand every slice back (the process is exiting); a slice not handed back expires after its TTL."""
         with self._lock:
             slices = [

@@ -12,13 +12,10 @@ import threading
 import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING
+from typing import Any
 
 from costwatch.connection import DaemonConnection
 from costwatch.instrumentation import exit_budget
-
-if TYPE_CHECKING:
-    from costwatch.instrumentation.limits.limiter import Limiter
 
 __all__ = ["Lifecycle", "new_holder", "track"]
 
@@ -26,12 +23,12 @@ __all__ = ["Lifecycle", "new_holder", "track"]
 class Lifecycle:
     """The start/stop half of `Limiter` (a mixin)."""
 
-    def start(self: Limiter) -> None:
+    def start(self) -> None:
         if self._thread is None and not self._stop:
             self._thread = threading.Thread(target=self._run, name="costwatch-limits", daemon=True)
             self._thread.start()
 
-    def close(self: Limiter, release: bool = True, timeout: float = 2.0) -> None:
+    def close(self, release: bool = True, timeout: float = 2.0) -> None:
         """Stop the thread and hand what this process holds back to the daemon, within ``timeout``."""
         deadline = time.monotonic() + timeout
         self._stop = True
@@ -51,10 +48,10 @@ def new_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-_live: weakref.WeakSet[Limiter] = weakref.WeakSet()
+_live: weakref.WeakSet[Any] = weakref.WeakSet()  # the live Limiters
 
 
-def track(limiter: Limiter) -> None:
+def track(limiter: Any) -> None:
     """Reset in a forked child and closed at exit."""
     _live.add(limiter)
 

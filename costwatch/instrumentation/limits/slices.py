@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from costwatch.protocol import Limit
-
-if TYPE_CHECKING:
-    from costwatch.instrumentation.limits.limiter import Limiter
 
 __all__ = ["Call", "Slice", "Ticket"]
 
@@ -90,7 +87,7 @@ class Call:
     )
 
     def __init__(
-        self, limiter: Limiter, app: str, provider: str, model: str | None, user: str | None, body: bytes
+        self, limiter: Any, app: str, provider: str, model: str | None, user: str | None, body: bytes
     ) -> None:
         self.limiter = limiter
         self.app = app
@@ -109,9 +106,7 @@ class Ticket:
 
     __slots__ = ("_limiter", "_once", "items", "prices")
 
-    def __init__(
-        self, limiter: Limiter, items: list[tuple[Slice, float]], prices: list[float] | None
-    ) -> None:
+    def __init__(self, limiter: Any, items: list[tuple[Slice, float]], prices: list[float] | None) -> None:
         self._limiter = limiter
         self.items = items
         self.prices = prices
