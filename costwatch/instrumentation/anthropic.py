@@ -32,6 +32,7 @@ from costwatch.instrumentation.providers import (
     as_label,
     named_blocks,
     time_at,
+    usage_from,
 )
 from costwatch.instrumentation.sse import SSEvent
 
@@ -122,7 +123,7 @@ def from_bytes(data: bytes) -> tuple[Usage | None, str | None] | None:
             total_in = None
         details = typed.output_tokens_details
         by_ttl = typed.cache_creation
-        usage = Usage(
+        usage = usage_from((
             total_in,
             typed.output_tokens,
             read,
@@ -134,7 +135,7 @@ def from_bytes(data: bytes) -> tuple[Usage | None, str | None] | None:
             as_label(typed.speed),
             as_label(typed.inference_geo),
             typed.cost,
-        )
+        ))  # fmt: skip
     return usage, model if isinstance(model, str) else None
 
 

@@ -21,6 +21,7 @@ from msgspec import UNSET, UnsetType
 from costwatch.instrumentation.providers import (
     COMPLETIONS,
     EMBEDDINGS,
+    MAX_LABEL,
     RESPONSES,
     TYPED_ERRORS,
     Cost,
@@ -32,6 +33,7 @@ from costwatch.instrumentation.providers import (
     as_label,
     named_blocks,
     time_at,
+    usage_from,
 )
 from costwatch.instrumentation.sse import SSEvent
 
@@ -147,30 +149,31 @@ def from_bytes(api: str, data: bytes) -> tuple[Usage | None, str | None] | None:
     typed = body.usage
     usage: Usage | None = None
     if typed is not None:
+        tier = body.service_tier  # `as_label`, inline
+        tier = tier[:MAX_LABEL] if type(tier) is str and tier else None
         if api == RESPONSES or (typed.input_tokens is not UNSET and typed.prompt_tokens is UNSET):
             in_details = typed.input_tokens_details or _NO_DETAILS
-            usage = Usage(
-                None if typed.input_tokens is UNSET else typed.input_tokens,  # type: ignore[arg-type]
+            usage = usage_from((
+                None if typed.input_tokens is UNSET else typed.input_tokens,
                 typed.output_tokens,
                 in_details.cached_tokens,
                 in_details.cache_write_tokens,
                 (typed.output_tokens_details or _NO_DETAILS).reasoning_tokens,
-                cost_usd=typed.cost,
-            )
+                None, None, tier, None, None, typed.cost,
+            ))  # fmt: skip
         else:
             prompt_details = typed.prompt_tokens_details or _NO_DETAILS
             output = typed.completion_tokens
             if api == EMBEDDINGS and output is None:
                 output = 0
-            usage = Usage(
-                None if typed.prompt_tokens is UNSET else typed.prompt_tokens,  # type: ignore[arg-type]
+            usage = usage_from((
+                None if typed.prompt_tokens is UNSET else typed.prompt_tokens,
                 output,
                 prompt_details.cached_tokens,
                 prompt_details.cache_write_tokens,
                 (typed.completion_tokens_details or _NO_DETAILS).reasoning_tokens,
-                cost_usd=typed.cost,
-            )
-        usage = _with_tier(usage, body.service_tier)
+                None, None, tier, None, None, typed.cost,
+            ))  # fmt: skip
     return usage, model if isinstance(model, str) else None
 
 

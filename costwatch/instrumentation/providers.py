@@ -13,6 +13,7 @@ route or the host ends with ``.openai.azure.com`` (GenAI semconv value);
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, NamedTuple
 
 import msgspec
@@ -95,6 +96,11 @@ class Usage(NamedTuple):
     speed: str | None = None
     inference_geo: str | None = None
     cost_usd: float | None = None  # reported by the response itself (e.g. a router's usage.cost)
+
+
+# Usage from all eleven fields in order, by the C tuple constructor: the namedtuple's own
+# ``__new__`` is a Python frame, once per event on the emitter thread.
+usage_from = functools.partial(tuple.__new__, Usage)
 
 
 class StreamFacts(NamedTuple):

@@ -568,20 +568,19 @@ def _request_header(headers: Any, name: bytes) -> str | None:
 
 
 def _ratelimits(headers: dict[bytes, bytes], anthropic: bool) -> list[int | None]:
-    """The four rate-limit counts (None: absent, repeated or not a count)."""
-    counts: list[int | None] = []
+    """The four rate-limit counts (None: absent, repeated or not a count).
+
+    Unrolled, with the usual value (plain digits, below the cap) inline: once per event.
+    """
     get = headers.get
-    for name in _RATELIMIT_HEADERS[anthropic]:
-        value = get(name)
-        if value and value.isdigit():  # the usual case, inline: `_count` without its strip
-            count = int(value)
-            counts.append(count if count < _MAX_COUNT else _MAX_COUNT)
-        else:
-            counts.append(_count(value))
-    return counts
-
-
-_MAX_COUNT = 10**12
+    remaining_requests, remaining_tokens, limit_requests, limit_tokens = _RATELIMIT_HEADERS[anthropic]
+    a, b, c, d = get(remaining_requests), get(remaining_tokens), get(limit_requests), get(limit_tokens)
+    return [
+        int(a) if a and a.isdigit() and len(a) < 13 else _count(a),
+        int(b) if b and b.isdigit() and len(b) < 13 else _count(b),
+        int(c) if c and c.isdigit() and len(c) < 13 else _count(c),
+        int(d) if d and d.isdigit() and len(d) < 13 else _count(d),
+    ]
 
 
 def _count(value: bytes | None) -> int | None:
