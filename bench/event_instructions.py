@@ -55,6 +55,7 @@ def _worker(spec: dict[str, Any]) -> None:
     for _ in range(N):
         call()
     ci.uninstrument()
+    _ablate(os.environ.get("COSTWATCH_ABLATE", ""), records)
     convert = Emitter._convert
     shim = type("Shim", (), {"_counts": {"conversion_errors": 0}, "_log_once": lambda *a: None})()
     sizes = 0
@@ -64,12 +65,37 @@ def _worker(spec: dict[str, Any]) -> None:
     print(json.dumps({"events": len(records), "bytes_per_event": sizes / spec["k"] / len(records)}))
 
 
+def _ablate(what: str, records: list[Any]) -> None:
+    """Diagnostic only: replace one part of the conversion by a constant to see its share."""
+    from costwatch.instrumentation import record, spans
+
+    if not what:
+        return
+    sample = records[0].to_event()
+    if "spans" in what:
+        spans.enabled = lambda: False
+    if "id" in what:
+        record.new_event_id = lambda now: sample.id
+    if "ratelimits" in what:
+        limits = [sample.ratelimit_remaining_requests, sample.ratelimit_remaining_tokens,
+                  sample.ratelimit_limit_requests, sample.ratelimit_limit_tokens]  # fmt: skip
+        record._ratelimits = lambda headers, anthropic: limits
+    if "body" in what:
+        parsed = records[0]._parse_body()
+        record.CallRecord._parse_body = lambda self: parsed
+    if "request" in what:
+        fields = record._request_fields(records[0].request_body)
+        record._request_fields = lambda data: fields
+    if "scrub" in what:
+        record.scrub = lambda value, limit=256: value
+
+
 def _instructions(spec: dict[str, Any]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
                "bench.event_instructions", "--worker", json.dumps(spec)]  # fmt: skip
-        env = env_for_children() | {"PYTHONHASHSEED": "0"}
+        env = env_for_children() | {"PYTHONHASHSEED": "0", "COSTWATCH_ABLATE": spec.get("ablate", "")}
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
         with open(out) as f:
             for line in f:
@@ -83,7 +109,12 @@ def main(cells: list[str]) -> None:
     try:
         for cell in cells:
             api, mode = cell.split("/")
-            spec = {"api": api, "mode": mode, "url": server.url}
+            spec = {
+                "api": api,
+                "mode": mode,
+                "url": server.url,
+                "ablate": os.environ.get("COSTWATCH_ABLATE", ""),
+            }
             low = _instructions(spec | {"k": 1})
             high = _instructions(spec | {"k": 6})
             print(
