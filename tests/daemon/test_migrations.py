@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import duckdb
@@ -39,6 +40,60 @@ def test_migration_1_is_frozen() -> None:
     assert set(EVENT_FIELDS) <= set(stored)
     assert all(stored[name].startswith(events[name]) for name in EVENT_FIELDS)
     assert len(stored) == len(set(stored))
+
+
+# Each shipped migration's statements, hashed: a migration that shipped never changes (a
+# database that ran it would never see the change). Append a line for each new migration.
+_SHIPPED = {
+    1: "1f54ba4c965a4dc4079fafd4c4f04d787705267d60bbb39a1a23addb06bb96c7",
+    2: "961b6848765953d68a923c9ebb9f0f9f3ff60e4bd14b35169086a35cdc67b136",
+    3: "e8e083c07c422fe674a8bd20847d0d015d021189fc879d5c52c9a5183a28c355",
+    4: "358938d6222a51c79b18b1fe5ae9088b7b8c050162173b218f399875a233ff01",
+    5: "4f9295d89ea493b0541b0bc3453f11c70794b6cb04f8b6b88b95bc80380b1e8b",
+}
+
+
+def test_shipped_migrations_never_change() -> None:
+    found = {
+        version: hashlib.sha256(";\n".join(statements()).encode()).hexdigest()
+        for version, statements in schema.MIGRATIONS
+    }
+    assert found == _SHIPPED
+
+
+def test_every_earlier_release_migrates_to_the_current_columns_and_views(tmp_path: Path) -> None:
+    fresh = duckdb.connect(str(tmp_path / "new.duckdb"))
+    migrate(fresh)
+    expected = (_columns(fresh), _views(fresh))
+    # ... and its views are today's `schema.VIEWS` (as DuckDB spells them back)
+    for name, sql in schema.VIEWS.items():
+        fresh.execute(f"CREATE VIEW current_{name} AS {sql}")
+    current = {
+        name.removeprefix("current_"): sql
+        for name, sql in _views(fresh).items()
+        if name.startswith("current_")
+    }
+    fresh.close()
+    assert current == expected[1]
+    for release in range(
+        1, len(schema.MIGRATIONS)
+    ):  # a file last written by the release with migrations 1..N
+        con = duckdb.connect(str(tmp_path / f"release-{release}.duckdb"))
+        con.execute("CREATE TABLE schema_migrations (version INTEGER, applied_at TIMESTAMPTZ)")
+        for version, statements in schema.MIGRATIONS[:release]:
+            for statement in statements():
+                con.execute(statement)
+            con.execute("INSERT INTO schema_migrations VALUES (?, now())", [version])
+        migrate(con)
+        assert (_columns(con), _views(con)) == expected, release
+        con.close()
+
+
+def _views(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    rows = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall()
+    return {
+        name: " ".join(sql.split()).removeprefix(f"CREATE VIEW {name} AS ").rstrip(";") for name, sql in rows
+    }
 
 
 def test_new_and_migrated_databases_have_identical_columns(tmp_path: Path) -> None:

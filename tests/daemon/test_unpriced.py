@@ -1,4 +1,4 @@
-"""`costwatch status`, the spend page, data_quality rules and /metrics count the same unpriced events.
+"""`costwatch status`, the spend page, the SQL views, data_quality rules and /metrics count the same unpriced events.
 
 All four use `schema.UNPRICED_SQL` (or `schema.is_unpriced`, its Python twin); the events below
 sit on each edge of the definition, so a consumer that drifts from it gets another count.
@@ -53,5 +53,16 @@ def test_every_consumer_counts_the_same_unpriced_events(daemon: RunningDaemon, c
     observed = daemon.daemon.store.read(lambda cur: quality_observations(cur, rule, now))
     rules = sum(o.value or 0 for o in observed)
 
-    counts = {"status": status, "kpis": kpis_unpriced, "spend_by_model": by_model, "metrics": metrics}
+    views = {
+        view: sum(_column(client, f"SELECT unpriced_requests FROM {view}", "unpriced_requests"))
+        for view in ("spend_by_day", "spend_by_model")
+    }
+
+    counts = {
+        "status": status,
+        "kpis": kpis_unpriced,
+        "spend_by_model": by_model,
+        "metrics": metrics,
+        **views,
+    }
     assert counts == {name: expected for name in counts} and rules == expected, (counts, rules)
