@@ -192,3 +192,48 @@ def test_a_hard_budget_added_by_rules_reload_limits_a_running_app(tmp_path: Path
         result = json.loads(stdout.strip().splitlines()[-1])
         assert result["outcome"] == "budget", result
         assert result["after_s"] < 20, result  # the state file announces it (the fallback poll: 30 s)
+
+
+def test_a_call_in_a_rate_windows_last_moments_waits_for_the_next_window(tmp_path: Path) -> None:
+    """No slice is used in a window's last 0.1 s; a call there waits for the new window instead of
+    asking for more of the old one (which piled the whole pool onto one process, then refused)."""
+    (tmp_path / "r.yml").write_text(
+        "rules:\n  - {name: rps, kind: rate_limit, requests: 100, window: 10s, on_exceed: block}\n"
+    )
+    ruleset = load_rules(tmp_path)
+    service = LeaseService(lambda: ruleset, lambda *_: {}, lambda provider, model: [2.5e-6, 1e-5, 0.0])
+    limiter = Limiter(StubEmitter(ClientSettings(url="http://127.0.0.1:9", state_dir=tmp_path)), "app")
+    limiter._post = lambda request, timeout=None: service.exchange(request)  # type: ignore[method-assign]
+    limiter.start = lambda: None  # type: ignore[method-assign]  # no limits thread: the test exchanges
+    limiter.exchange_wait_s = 60.0
+
+    def admitted() -> Ticket:
+        call = limiter.prepare("openai", _request(), None)
+        assert call is not None
+        for _ in range(20):
+            outcome = limiter.admit(call)
+            if not isinstance(outcome, float):
+                break
+            limiter._exchange()  # the limits thread's part
+            time.sleep(min(outcome, 0.2))
+        assert isinstance(outcome, Ticket), outcome
+        return outcome
+
+    admitted().settle(None)
+    [piece] = limiter._slices.values()
+    granted, old_window_end = piece.granted, piece.window_end
+    assert piece.window_end - piece.valid_until == pytest.approx(limiter.window_guard_s)
+    time.sleep(max(0.0, piece.valid_until - time.monotonic()) + 0.01)  # into the guard band
+
+    call = limiter.prepare("openai", _request(), None)
+    assert call is not None
+    outcome = limiter.admit(call)
+    assert isinstance(outcome, float) and 0 < outcome <= limiter.window_guard_s + 0.01
+    assert (piece.need, call.target, piece.granted) == (
+        0.0,
+        -1,
+        granted,
+    )  # nothing more asked of the old window
+    time.sleep(outcome)
+    [(slice_used, _)] = admitted().items
+    assert slice_used.window_end > old_window_end  # admitted in the next window

@@ -175,6 +175,16 @@ class Limiter(Lifecycle, LeaseExchange):
                     piece.last_used = now
                     piece.last_amount = amount
                 return Ticket(self, wanted, prices)
+            if (
+                failing.valid_until
+                <= now
+                < failing.window_end
+                <= failing.valid_until + self.window_guard_s + 1e-6
+            ):
+                # The last moments of a rate window, where no slice is used (a call admitted now
+                # would reach the provider in the next one): wait for the new window. Asking for
+                # more here would only pile this window's pool onto this process.
+                return failing.window_end - now + 0.001
             failing.last_amount = max(failing.last_amount, failing_amount)
             if (
                 call.target >= 0
