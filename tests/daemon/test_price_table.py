@@ -18,7 +18,7 @@ USAGES = [
     (120_000, 30_000, 5_000, 4_000),
     (300_000, 100_000, 0, 9_000),  # above the usual 128k / 200k long-context tiers
     (None, None, None, 50),  # output only
-    (40, 500, 900, None),  # more cached/written than input: clamped like `_apply`
+    (40, 500, 900, None),  # more cached/written than input: clamped like `apply_rates`
 ]
 
 
