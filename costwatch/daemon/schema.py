@@ -175,48 +175,6 @@ _USAGE_EVENTS_V1 = """CREATE TABLE usage_events (
 )"""
 
 
-_SPEND_BY_DAY_V1 = """
-        SELECT CAST(ts_start AS DATE) AS day, sum(cost_usd) AS cost_usd,
-               count(*) AS requests, sum(input_tokens) AS input_tokens,
-               sum(output_tokens) AS output_tokens, count(*) FILTER (WHERE NOT priced) AS unpriced_requests
-        FROM usage_events GROUP BY 1 ORDER BY 1"""
-
-# The current view definitions (what a fresh database ends up with). `unpriced_requests` counts
-# `UNPRICED_SQL`, as status, the spend page, rules and /metrics do (migration 5).
-VIEWS: dict[str, str] = {
-    "spend_by_day": f"""
-        SELECT day, sum(cost_usd) AS cost_usd,
-               count(*) AS requests, sum(input_tokens) AS input_tokens,
-               sum(output_tokens) AS output_tokens, count(*) FILTER (WHERE {UNPRICED_SQL}) AS unpriced_requests
-        FROM usage_events GROUP BY 1 ORDER BY 1""",
-    "spend_by_model": f"""
-        SELECT provider, model, sum(cost_usd) AS cost_usd, count(*) AS requests,
-               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-               sum(cached_input_tokens) AS cached_input_tokens, sum(reasoning_tokens) AS reasoning_tokens,
-               count(*) FILTER (WHERE {UNPRICED_SQL}) AS unpriced_requests
-        FROM usage_events GROUP BY 1, 2 ORDER BY cost_usd DESC NULLS LAST""",
-    "spend_by_app": """
-        SELECT app, sum(cost_usd) AS cost_usd, count(*) AS requests,
-               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
-        FROM usage_events GROUP BY 1 ORDER BY cost_usd DESC NULLS LAST""",
-    "spend_by_user": """
-        SELECT "user", sum(cost_usd) AS cost_usd, count(*) AS requests,
-               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
-        FROM usage_events GROUP BY 1 ORDER BY cost_usd DESC NULLS LAST""",
-    "errors_by_class": """
-        SELECT provider, model, coalesce(error_class, 'ok') AS error_class, count(*) AS requests
-        FROM usage_events GROUP BY 1, 2, 3 ORDER BY requests DESC""",
-    "latency_by_model": """
-        SELECT provider, model, count(*) AS requests,
-               quantile_cont(latency_ms, 0.5) AS p50_ms,
-               quantile_cont(latency_ms, 0.95) AS p95_ms,
-               quantile_cont(latency_ms, 0.99) AS p99_ms,
-               quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms,
-               quantile_cont(ttft_ms, 0.95) AS ttft_p95_ms
-        FROM usage_events WHERE error_class IS NULL GROUP BY 1, 2 ORDER BY 1, 2""",
-}
-
-
 # The views as migrations 1 and 2 shipped them, written out: later migrations replace them.
 _VIEWS_V1: dict[str, str] = {
     "spend_by_day": """
@@ -250,11 +208,32 @@ _VIEWS_V1: dict[str, str] = {
                quantile_cont(ttft_ms, 0.95) AS ttft_p95_ms
         FROM usage_events WHERE error_class IS NULL GROUP BY 1, 2 ORDER BY 1, 2""",
 }
+
 _SPEND_BY_DAY_V2 = """
         SELECT day, sum(cost_usd) AS cost_usd,
                count(*) AS requests, sum(input_tokens) AS input_tokens,
                sum(output_tokens) AS output_tokens, count(*) FILTER (WHERE NOT priced) AS unpriced_requests
         FROM usage_events GROUP BY 1 ORDER BY 1"""
+
+
+# Migration 5's views: `unpriced_requests` counts `UNPRICED_SQL`, as status, the spend page, rules
+# and /metrics do.
+_VIEWS_V5: dict[str, str] = {
+    "spend_by_day": f"""
+        SELECT day, sum(cost_usd) AS cost_usd,
+               count(*) AS requests, sum(input_tokens) AS input_tokens,
+               sum(output_tokens) AS output_tokens, count(*) FILTER (WHERE {UNPRICED_SQL}) AS unpriced_requests
+        FROM usage_events GROUP BY 1 ORDER BY 1""",
+    "spend_by_model": f"""
+        SELECT provider, model, sum(cost_usd) AS cost_usd, count(*) AS requests,
+               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+               sum(cached_input_tokens) AS cached_input_tokens, sum(reasoning_tokens) AS reasoning_tokens,
+               count(*) FILTER (WHERE {UNPRICED_SQL}) AS unpriced_requests
+        FROM usage_events GROUP BY 1, 2 ORDER BY cost_usd DESC NULLS LAST""",
+}
+
+# The current view definitions: what a fresh database ends up with.
+VIEWS: dict[str, str] = {**_VIEWS_V1, **_VIEWS_V5}
 
 
 def _migration_1() -> list[str]:
@@ -343,10 +322,7 @@ def _migration_5() -> list[str]:
     """`unpriced_requests` in the spend views counts `UNPRICED_SQL` (it counted ``NOT priced``,
     which includes calls without usage, while status, the spend page, rules and /metrics did not).
     """
-    return [
-        f"CREATE OR REPLACE VIEW spend_by_day AS {VIEWS['spend_by_day'].strip()}",
-        f"CREATE OR REPLACE VIEW spend_by_model AS {VIEWS['spend_by_model'].strip()}",
-    ]
+    return [f"CREATE OR REPLACE VIEW {name} AS {sql.strip()}" for name, sql in _VIEWS_V5.items()]
 
 
 # Append new migrations; never edit one that has shipped (tests/daemon/test_migrations.py holds

@@ -13,7 +13,7 @@ import tomllib
 
 from costwatch.cli.errors import DAEMON_PACKAGES
 from tests.fakes.provider import FakeProvider
-from tests.support.processes import DaemonProcess, clean_env
+from tests.support.processes import INSTRUMENTED_CHAT_APP, DaemonProcess, clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,15 +53,7 @@ def test_base_dependencies_hold_no_daemon_package() -> None:
 
 @pytest.mark.slow
 def test_app_and_client_commands_run_without_the_daemons_packages(tmp_path: Path) -> None:
-    app = """
-import json, sys
-import costwatch.autoinstrument
-import costwatch, openai
-client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-test", max_retries=0)
-reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-assert costwatch.flush(10)
-print(json.dumps({"content": reply.choices[0].message.content}))
-"""
+    app = INSTRUMENTED_CHAT_APP
     with DaemonProcess(tmp_path / "state") as daemon, FakeProvider() as fake:
         result = _run(app, fake.url, env=daemon.app_env("base-install"))
         assert result.returncode == 0, result.stderr

@@ -18,7 +18,7 @@ import pytest
 
 from costwatch.cli.errors import DAEMON_PACKAGES, FLEET_PACKAGES
 from tests.fakes.provider import CHAT_USAGE, FakeProvider
-from tests.support.processes import DaemonProcess
+from tests.support.processes import INSTRUMENTED_CHAT_APP, DaemonProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,15 +91,7 @@ def test_plain_install_instruments_an_app_and_leaves_the_daemon_out(plain_venv: 
     assert found["file"].startswith(str(plain_venv)), found  # the installed package, not this tree
     assert found["present"] == [], f"the plain install pulled in daemon packages: {found['present']}"
 
-    app = """
-import json, sys
-import costwatch.autoinstrument
-import costwatch, openai
-client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-test", max_retries=0)
-reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-assert costwatch.flush(10)
-print(json.dumps({"content": reply.choices[0].message.content}))
-"""
+    app = INSTRUMENTED_CHAT_APP
     with DaemonProcess(tmp_path / "state") as daemon, FakeProvider() as fake:
         env = _plain_env(
             COSTWATCH_URL=daemon.url, COSTWATCH_APP="plain-install", COSTWATCH_STATE_DIR=str(daemon.state_dir)

@@ -119,6 +119,18 @@ class DaemonProcess:
         )
 
 
+# An app that makes one instrumented chat call against ``sys.argv[1]`` and flushes: prints the reply.
+INSTRUMENTED_CHAT_APP = """
+import json, sys
+import costwatch.autoinstrument
+import costwatch, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-test", max_retries=0)
+reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+assert costwatch.flush(10)
+print(json.dumps({"content": reply.choices[0].message.content}))
+"""
+
+
 def run_script(source: str, env: dict[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run a Python snippet in a fresh interpreter (fresh patches, fresh emitter)."""
     result = subprocess.run(
