@@ -67,7 +67,7 @@ def _worker(spec: dict[str, Any]) -> None:
 
 def _ablate(what: str, records: list[Any]) -> None:
     """Diagnostic only: replace one part of the conversion by a constant to see its share."""
-    from costwatch.instrumentation import record, spans
+    from costwatch.instrumentation import convert, spans
 
     if not what:
         return
@@ -75,19 +75,19 @@ def _ablate(what: str, records: list[Any]) -> None:
     if "spans" in what:
         spans.enabled = lambda: False
     if "id" in what:
-        record.new_event_id = lambda now: sample.id
+        convert.new_event_id = lambda now: sample.id
     if "ratelimits" in what:
         limits = [sample.ratelimit_remaining_requests, sample.ratelimit_remaining_tokens,
                   sample.ratelimit_limit_requests, sample.ratelimit_limit_tokens]  # fmt: skip
-        record._ratelimits = lambda headers, anthropic: limits
+        convert._ratelimits = lambda headers, anthropic: limits
     if "body" in what:
-        parsed = records[0]._parse_body()
-        record.CallRecord._parse_body = lambda self: parsed
+        parsed = convert._parse_body(records[0])
+        convert._parse_body = lambda record: parsed
     if "request" in what:
-        fields = record._request_fields(records[0].request_body)
-        record._request_fields = lambda data: fields
+        fields = convert._request_fields(records[0].request_body)
+        convert._request_fields = lambda data: fields
     if "scrub" in what:
-        record.scrub = lambda value, limit=256: value
+        convert.scrub = lambda value, limit=256: value
 
 
 def _instructions(spec: dict[str, Any]) -> int:

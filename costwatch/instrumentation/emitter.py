@@ -1,15 +1,13 @@
-"""Background batching sender: bounded queue, disk spool, and the kill-switch long poll.
+"""Background batching sender: the app's side (a bounded queue) and the emitter thread.
 
 Modelled on sentry-python's worker/transport: the app thread only appends to a
 bounded deque (no lock, no I/O, never raises); everything that costs time —
 converting raw facts into ``UsageEvent``, encoding, HTTP, disk — happens on the
-emitter thread. A second thread keeps one kill-switch long poll open, so a
-switch arrives one round trip after it is engaged whatever the flush interval.
-Drops are counted by named reason and reported to the daemon in the
-``x-costwatch-dropped`` header.
-
-The transport is `costwatch.connection` (stdlib ``http.client``): ``httpx``/``httpx2``
-are patched by our own instrumentation in this process.
+emitter thread. Drops are counted by named reason and reported to the daemon.
+`Emitter` is assembled from two mixins that share its state: `Delivery`
+(`costwatch.instrumentation.delivery`: the POST, the spool and its replay) and
+`KillSwitchWatch` (`costwatch.instrumentation.watch`: the kill-switch long poll thread
+and the daemon's state file).
 """
 
 from __future__ import annotations
@@ -18,34 +16,27 @@ import atexit
 import contextlib
 import logging
 import os
-import random
 import threading
 import time
 import weakref
 from collections import deque
 from typing import Any, Protocol
 
-import msgspec
-
 from costwatch import statefile
 from costwatch.client_settings import ClientSettings
 from costwatch.connection import DaemonConnection
-from costwatch.events import UsageEvent, encode, encode_many
+from costwatch.events import UsageEvent
 from costwatch.instrumentation import exit_budget, spans
+from costwatch.instrumentation.delivery import Backoff, Delivery
 from costwatch.instrumentation.killswitch import KillSwitchView
 from costwatch.instrumentation.spool import Spool
-from costwatch.protocol import IngestReply, KillSwitchState
+from costwatch.instrumentation.watch import KillSwitchWatch
 
 __all__ = ["Emitter"]
 
 log = logging.getLogger("costwatch.emitter")
 
-_reply_decoder = msgspec.json.Decoder(IngestReply)
-_state_decoder = msgspec.json.Decoder(KillSwitchState)
 CONVERT_SLICE = 200  # records converted between GIL hand-backs (time.sleep(0)) to the app
-LONG_POLL_S = 20.0  # how long the daemon may hold a kill-switch poll open
-# Statuses that mean "try again later" rather than "these events are bad".
-_RETRY_STATUSES = frozenset({401, 404, 408, 425, 429})
 
 
 class _Item(Protocol):
@@ -66,36 +57,8 @@ class _Waiter:
         self.event.set()
 
 
-class _Backoff:
-    """Exponential backoff with jitter, capped: the daemon being down must not cost CPU or latency."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-        self.until = 0.0
-
-    def fail(self) -> None:
-        self.failures += 1
-        delay = min(self.cap, self.base * 2 ** min(self.failures - 1, 16))
-        self.until = time.monotonic() + delay * (0.5 + random.random() / 2)
-
-    def ok(self) -> None:
-        self.failures = 0
-        self.until = 0.0
-
-    @property
-    def waiting(self) -> bool:
-        return self.failures > 0 and time.monotonic() < self.until
-
-
-class Emitter:
+class Emitter(Delivery, KillSwitchWatch):
     """Ships usage events to the daemon; never blocks, never raises into the app."""
-
-    connect_timeout_s = 0.5
-    read_timeout_s = 5.0
-    # How often to look for orphaned spool files of dead processes while all is well.
-    replay_scan_s = 10.0
 
     killswitch: KillSwitchView
 
@@ -139,7 +102,7 @@ class Emitter:
         self._stopping = threading.Event()
         self._token: str | None = None
         self._token_loaded = False
-        self._backoff = _Backoff()
+        self._backoff = Backoff()
         self._inflight: list[UsageEvent] | None = None
         self._taken = 0  # items removed from the queue (exact: one consumer at a time)
         self._settled = 0  # of those, items delivered, spooled or dropped
@@ -239,20 +202,6 @@ class Emitter:
             self._conn.close()
         self._spool.close()
 
-    def _read_state_file(self) -> None:
-        """Adopt the daemon's mirrored state when the file changed since the last read (one stat)."""
-        try:
-            stamp = statefile.stamp(self._state_path)
-            if stamp is None or stamp == self._state_stamp:
-                return
-            self._state_stamp = stamp
-            mirrored = statefile.read(self._state_path)
-            if mirrored is not None:
-                self.killswitch.adopt(mirrored.killswitch)
-                self.hard_limits = mirrored.hard_limits
-        except Exception as exc:  # a damaged file must not stop the app
-            self._log_once("statefile", exc, "costwatch could not read %s: %r", self._state_path, exc)
-
     def stats(self) -> dict[str, int]:
         """Counters; ``submitted`` counts every submit() call, drops included."""
         queued = len(self._queue)
@@ -342,235 +291,6 @@ class Emitter:
         finally:
             spans.unpin()
         return events
-
-    def _encodable(self, events: list[UsageEvent]) -> list[UsageEvent]:
-        """Drop events msgspec cannot encode (a bad value smuggled into a field), counted."""
-        good = []
-        for event in events:
-            try:
-                encode(event)
-            except Exception as exc:
-                self._counts["conversion_errors"] += 1
-                self._log_once("encode", exc, "costwatch could not encode a usage event: %r", exc)
-            else:
-                good.append(event)
-        return good
-
-    def _deliver(self, events: list[UsageEvent], spool_only: bool = False) -> bool:
-        if spool_only or self._backoff.waiting:
-            return self._to_spool(events)
-        if self._post(events):
-            return True
-        self._backoff.fail()
-        return self._to_spool(events)
-
-    def _to_spool(self, events: list[UsageEvent]) -> bool:
-        try:
-            try:
-                self._spool.append(events)
-            except (TypeError, ValueError, msgspec.EncodeError):
-                self._spool.append(self._encodable(events))
-            return True
-        except OSError as exc:
-            self._counts["dropped_spool_error"] += len(events)
-            self._log_once(
-                "spool", exc, "costwatch could not spool events to %s: %s", self._spool.directory, exc
-            )
-            return False
-
-    # -- HTTP ------------------------------------------------------------------------------
-
-    def _post(self, events: list[UsageEvent], replay: bool = False) -> bool:
-        """POST one batch; True when the daemon has dealt with it (stored or rejected for good)."""
-        try:
-            body = encode_many(events)
-        except (TypeError, ValueError, msgspec.EncodeError):
-            events[:] = self._encodable(events)  # in place: a failed post spools only the good ones
-            if not events:
-                return True
-            body = encode_many(events)
-        drops, dropped_header = self._drop_header()
-        self._inflight = events
-        try:
-            status, data = self._authorized("POST", "/v1/events", body, dropped_header)
-        except OSError as exc:  # every transport failure (costwatch.connection)
-            self._counts["post_failures"] += 1
-            self._log_once("post", exc, "costwatch daemon unreachable at %s: %r", self.settings.url, exc)
-            return False
-        finally:
-            self._inflight = None
-        reply = None
-        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            reply = _reply_decoder.decode(data)
-        if 200 <= status < 300 and reply is not None:
-            self._contact(reply.killswitch, drops)
-            self._count_stored(events, reply, replay)
-            return True
-        if status == 413 and len(events) > 1:
-            half = len(events) // 2
-            first = self._post(events[:half], replay)
-            return self._post(events[half:], replay) and first
-        if 400 <= status < 500 and status not in _RETRY_STATUSES:
-            if reply is not None:
-                self._contact(reply.killswitch, drops)
-                self._count_stored(events, reply, replay)
-            if reply is None or not reply.rejected:
-                self._counts["rejected"] += len(events)
-                self._log_once(
-                    "rejected", TypeError, "costwatch daemon refused a batch (%d): %.300r", status, data
-                )
-            return True
-        self._counts["post_failures"] += 1
-        self._log_once(f"status{status}", TypeError, "costwatch daemon answered %d: %.300r", status, data)
-        return False
-
-    def _count_stored(self, events: list[UsageEvent], reply: IngestReply, replay: bool) -> None:
-        rejected = min(len(reply.rejected), len(events))
-        if rejected:
-            self._counts["rejected"] += rejected
-            self._log_once(
-                "rejected", ValueError, "costwatch daemon rejected events: %.500r", reply.rejected[:3]
-            )
-        self._counts["replayed" if replay else "sent"] += len(events) - rejected
-
-    def _contact(self, state: KillSwitchState, drops: dict[str, int] | None = None) -> None:
-        """A successful ingest: adopt a newer state (the long poll may have one already), reset backoff."""
-        self.killswitch.update(state, newer_only=True)
-        if self._backoff.failures:
-            self._next_scan = 0.0  # recovered: replay the spool now
-        self._backoff.ok()
-        if drops is not None:
-            self._reported = drops
-
-    def _drop_header(self) -> tuple[dict[str, int], str | None]:
-        now = {
-            "queue_full": self._dropped_full,
-            "spool_full": self._spool.dropped,
-            "spool_damaged": self._spool.damaged,
-            "spool_error": self._counts["dropped_spool_error"],
-            "conversion_error": self._counts["conversion_errors"],
-        }
-        deltas = [(k, v - self._reported.get(k, 0)) for k, v in now.items()]
-        header = ",".join(f"{k}={d}" for k, d in deltas if d > 0)
-        return now, header or None
-
-    def _authorized(
-        self, method: str, path: str, body: bytes | None, dropped: str | None, watch: bool = False
-    ) -> tuple[int, bytes]:
-        """One request; on 401 reread the token (the daemon may have created it since) and retry once."""
-        if not self._token_loaded:
-            self._token = self.settings.resolved_token()
-            self._token_loaded = True
-        status, data = self._request(method, path, body, self._headers(body, dropped), watch)
-        if status == 401:
-            fresh = self.settings.resolved_token()
-            if fresh != self._token:
-                self._token = fresh
-                status, data = self._request(method, path, body, self._headers(body, dropped), watch)
-        return status, data
-
-    def _headers(self, body: bytes | None, dropped: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        if dropped:
-            headers["x-costwatch-dropped"] = dropped
-        return headers
-
-    def _request(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str], watch: bool = False
-    ) -> tuple[int, bytes]:
-        """A request on a kept-alive connection (the long poll has its own)."""
-        if watch:
-            return self._watch_conn.request(method, path, body, headers, self._watch_wait_s + 5.0)
-        return self._conn.request(method, path, body, headers, self.read_timeout_s)
-
-    # -- kill-switch polling and spool replay ---------------------------------------------
-
-    @property
-    def _watch_wait_s(self) -> float:
-        """How long the daemon may hold a long poll: fail-closed needs an answer well within its delay."""
-        if self.settings.fail_closed:
-            return min(LONG_POLL_S, max(0.5, self.settings.fail_closed_after_s / 2))
-        return LONG_POLL_S
-
-    def _watch(self) -> None:
-        """Thread ``costwatch-killswitch``: one long poll open at a time, so a change arrives in one round trip.
-
-        The daemon answers ``GET /v1/killswitch?version=V&wait=S`` when the state's version
-        is no longer V, or after S seconds. A server that answers at once with the same
-        version (an older daemon) is polled every ``killswitch_poll_s`` instead.
-        """
-        backoff = _Backoff()
-        while not self._stopping.is_set():
-            asked = self.killswitch.version
-            started = time.monotonic()
-            self._counts["polls"] += 1
-            path = f"/v1/killswitch?version={asked}&wait={self._watch_wait_s:g}"
-            state = None
-            try:
-                status, data = self._authorized("GET", path, None, None, watch=True)
-                state = _state_decoder.decode(data) if status == 200 else None
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                if not self._stopping.is_set():
-                    self._log_once(
-                        "poll",
-                        exc,
-                        "costwatch could not poll the kill switch at %s: %r",
-                        self.settings.url,
-                        exc,
-                    )
-            if self._stopping.is_set():
-                return
-            if state is None:
-                self._read_state_file()  # the daemon may still write it (slow, or restarting)
-                backoff.fail()
-                self._stopping.wait(max(0.0, backoff.until - time.monotonic()))
-                continue
-            backoff.ok()
-            self.killswitch.update(state)
-            if self._backoff.failures:  # the daemon is back: the emitter thread sends and replays now
-                self._backoff.ok()
-                self._next_scan = 0.0
-                self._wake.set()
-            if state.version == asked:  # answered without waiting: plain polling
-                self._stopping.wait(max(0.0, self._poll_s - (time.monotonic() - started)))
-
-    def _stop_watching(self, timeout: float = 0.5) -> None:
-        """Stop the long-poll thread: shutting its socket down ends the read it is blocked in."""
-        self._stopping.set()
-        self._watch_conn.interrupt()
-        watcher = self._watcher
-        if watcher is not None and watcher is not threading.current_thread():
-            watcher.join(timeout)
-        self._watch_conn.close()
-
-    def _maybe_replay(self) -> None:
-        """Replay one spool file per tick (ours or a dead process's) while the daemon answers.
-
-        After a failure, the first replay once the backoff has run out is the probe that
-        finds the daemon back (the long poll, when it gets an answer first, says so too).
-        """
-        if self._backoff.waiting:
-            return
-        now = time.monotonic()
-        if not self._spool.pending_own and now < self._next_scan:
-            return
-        self._next_scan = now + self.replay_scan_s  # also when claiming fails (read-only disk)
-        self._spool.seal()
-        claim = self._spool.claim_next()
-        if claim is None:
-            return
-        for start in range(0, len(claim.events), self._batch):
-            if not self._post(claim.events[start : start + self._batch], replay=True):
-                self._spool.release(claim)
-                self._backoff.fail()
-                return
-        self._spool.done(claim)
-        self._next_scan = 0.0  # there may be more: next tick at once (it sends live events first)
-        self._wake.set()
 
     # -- shutdown, fork --------------------------------------------------------------------
 

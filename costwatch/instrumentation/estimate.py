@@ -28,9 +28,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
+from costwatch.instrumentation.providers import StreamFacts, Usage
+
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4  # role and separators of one chat message (OpenAI's documented ~3-4)
 REPLY_OVERHEAD = 3  # the assistant reply's priming
+_NO_USAGE = Usage(None, None, None, None, None)
+_decode = msgspec.json.decode
+_DecodeError = (msgspec.DecodeError, ValueError)
 
 # Request members holding the prompt; `tools` / `functions` are counted as compact JSON.
 _PROMPT_KEYS = ("system", "instructions", "messages", "input", "prompt")
@@ -61,6 +68,45 @@ _NOT_TEXT = frozenset(
         "annotations",
     }
 )
+
+
+def stream_usage(request_body: bytes, facts: StreamFacts, usage: Usage | None) -> tuple[Usage | None, str]:
+    """A stream without (complete) final usage: keep what it reported, estimate the rest.
+
+    Returns the usage and its ``usage_source``: ``estimated``, or ``missing`` when
+    neither the stream nor the request body tells the input.
+
+    Output: the provider's count when its final usage had one, else the generated text
+    (never below a partial count such as ``message_start``'s). Input: the stream's own
+    count when it had one (``message_start``), else the request's prompt text.
+    """
+    known = usage if usage is not None else _NO_USAGE
+    prompt = known.input_tokens
+    if prompt is None:
+        prompt = input_tokens(_json(request_body))
+    if prompt is None:
+        return None, "missing"
+    if facts.usage_final and known.output_tokens is not None:
+        output_tokens = known.output_tokens
+    else:
+        output_tokens = max(tokens_from_chars(facts.text_chars), known.output_tokens or 0)
+    reasoning = known.reasoning_tokens if facts.usage_final else None
+    # What a partial usage says (cache reads and writes, tier, speed, geography) still holds;
+    # a cost reported for the whole call cannot have been seen.
+    usage = known._replace(
+        input_tokens=prompt, output_tokens=output_tokens, reasoning_tokens=reasoning, cost_usd=None
+    )
+    return usage, "estimated"
+
+
+def _json(data: bytes) -> dict:
+    if not data:
+        return {}
+    try:
+        value = _decode(data)
+    except _DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def tokens_from_chars(chars: int) -> int:
@@ -108,4 +154,4 @@ def _text_chars(value: Any, depth: int = 0) -> int:
     return 0
 
 
-__all__ = ["CHARS_PER_TOKEN", "input_tokens", "tokens_from_chars"]
+__all__ = ["CHARS_PER_TOKEN", "input_tokens", "stream_usage", "tokens_from_chars"]

@@ -11,8 +11,7 @@ import httpx
 import openai
 import pytest
 
-from costwatch.instrumentation import flush, instrument, patch, uninstrument
-from costwatch.instrumentation import openai as openai_usage
+from costwatch.instrumentation import flush, instrument, openai_stream, patch, uninstrument
 from costwatch.instrumentation import record as record_module
 from costwatch.instrumentation.record import CallRecord, guard
 from costwatch.instrumentation.sse import UsageChunkFilter
@@ -186,7 +185,7 @@ def test_faults_on_the_call_path(
         raise RuntimeError(f"injected fault: {target}")
 
     if target == "scan":
-        monkeypatch.setattr(openai_usage, "scan_stream", boom)
+        monkeypatch.setattr(openai_stream, "scan_stream", boom)
     elif target == "recognize":
         monkeypatch.setattr(patch, "recognize", boom)
     elif target == "add_chunk":

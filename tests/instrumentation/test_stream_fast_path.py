@@ -14,7 +14,7 @@ import random
 import pytest
 
 from costwatch.instrumentation import anthropic as anthropic_usage
-from costwatch.instrumentation import openai as openai_usage
+from costwatch.instrumentation import openai_stream
 from costwatch.instrumentation.sse import iter_events
 from tests.fakes.provider import FIXTURES
 
@@ -27,12 +27,12 @@ def _one_event_per_chunk(raw: bytes) -> list[tuple[bytes, float]]:
 
 
 def _general(api: str, chunks: list[tuple[bytes, float]]) -> tuple[object, ...]:
-    facts = openai_usage.scan_stream(api, list(iter_events(chunks)))
+    facts = openai_stream.scan_stream(api, list(iter_events(chunks)))
     return facts.usage, facts.usage_final, facts.response_model, facts.first_content_t, facts.terminal
 
 
 def _fast(api: str, chunks: list[tuple[bytes, float]]) -> tuple[object, ...] | None:
-    facts = openai_usage.scan_chunks(api, chunks)
+    facts = openai_stream.scan_chunks(api, chunks)
     if facts is None:
         return None
     return facts.usage, facts.usage_final, facts.response_model, facts.first_content_t, facts.terminal
@@ -83,7 +83,7 @@ def test_generated_streams_agree(seed: int) -> None:
         assert fast is None
         text = sum(len(d.get("content") or "") for d in deltas)  # type: ignore[arg-type]
         args = sum(len(c["function"]["arguments"]) for d in deltas for c in d.get("tool_calls") or [])  # type: ignore[index,union-attr]
-        chars = openai_usage.scan_stream("chat", list(iter_events(chunks))).text_chars
+        chars = openai_stream.scan_stream("chat", list(iter_events(chunks))).text_chars
         assert chars == text + args
     elif fast is None:  # allowed only where the fast path cannot tell TTFT from bytes
         assert kind == "none"
@@ -136,7 +136,7 @@ def _named_general(name: str, chunks: list[tuple[bytes, float]]) -> tuple[object
     if name.startswith("anthropic"):
         facts = anthropic_usage.scan_stream(events)
     else:
-        facts = openai_usage.scan_stream("responses", events)
+        facts = openai_stream.scan_stream("responses", events)
     return facts.usage, facts.usage_final, facts.response_model, facts.first_content_t, facts.terminal
 
 
@@ -144,7 +144,7 @@ def _named_fast(name: str, chunks: list[tuple[bytes, float]]) -> tuple[object, .
     if name.startswith("anthropic"):
         facts = anthropic_usage.scan_chunks(chunks)
     else:
-        facts = openai_usage.scan_chunks("responses", chunks)
+        facts = openai_stream.scan_chunks("responses", chunks)
     if facts is None:
         return None
     return facts.usage, facts.usage_final, facts.response_model, facts.first_content_t, facts.terminal

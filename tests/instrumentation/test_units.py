@@ -9,10 +9,12 @@ import pytest
 
 from costwatch.context import Attribution
 from costwatch.instrumentation import anthropic as anthropic_usage
+from costwatch.instrumentation import estimate, openai_stream
 from costwatch.instrumentation import openai as openai_usage
 from costwatch.instrumentation import record as record_module
-from costwatch.instrumentation.providers import Endpoint, Usage, recognize
-from costwatch.instrumentation.record import CallId, CallRecord, classify_exception, scrub
+from costwatch.instrumentation.convert import classify_exception, scrub
+from costwatch.instrumentation.providers import Endpoint, StreamFacts, Usage, recognize
+from costwatch.instrumentation.record import CallId, CallRecord
 from costwatch.instrumentation.sse import SSEvent, UsageChunkFilter, iter_events
 from tests.instrumentation.conftest import HTTP
 
@@ -140,18 +142,18 @@ def test_service_tier_in_chat_streams_both_paths() -> None:
     usage = {"prompt_tokens": 9, "completion_tokens": 2}
     raw = [_chat_chunk("priority", content="Hi"), _chat_chunk("priority", usage), b"data: [DONE]\n\n"]
     chunks = [(c, float(i)) for i, c in enumerate(raw)]
-    fast = openai_usage.scan_chunks("chat", chunks)
+    fast = openai_stream.scan_chunks("chat", chunks)
     assert fast is not None and fast.usage == Usage(9, 2, service_tier="priority")
-    general = openai_usage.scan_stream("chat", list(iter_events(chunks)))
+    general = openai_stream.scan_stream("chat", list(iter_events(chunks)))
     assert general.usage == Usage(9, 2, service_tier="priority")
-    full = openai_usage.scan_stream("chat", list(iter_events(chunks[:2])))  # no [DONE]: decoded in full
+    full = openai_stream.scan_stream("chat", list(iter_events(chunks[:2])))  # no [DONE]: decoded in full
     assert full.usage == Usage(9, 2, service_tier="priority")
 
 
 def test_estimated_stream_keeps_the_tier_not_a_reported_cost() -> None:
     partial = Usage(100, 3, 40, 10, None, 4, 6, "batch", "fast", "us", 0.5)
-    facts = record_module.StreamFacts(partial, False, "m", None, 40, False)
-    usage, source = record_module._estimate({}, facts, partial)
+    facts = StreamFacts(partial, False, "m", None, 40, False)
+    usage, source = estimate.stream_usage(b"", facts, partial)
     assert source == "estimated"
     assert usage == Usage(100, 10, 40, 10, None, 4, 6, "batch", "fast", "us", None)
 
