@@ -46,10 +46,8 @@ ErrorClass = Literal[
     "blocked",
     "other",
 ]
-ERROR_CLASSES: tuple[str, ...] = ErrorClass.__args__  # type: ignore[attr-defined]
 
 UsageSource = Literal["provider", "estimated", "missing"]
-USAGE_SOURCES: tuple[str, ...] = UsageSource.__args__  # type: ignore[attr-defined]
 
 # Bounds keep one event small and every number inside DuckDB's BIGINT/DOUBLE.
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -115,15 +113,6 @@ class UsageEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_
 
 
 EVENT_FIELDS: tuple[str, ...] = UsageEvent.__struct_fields__
-TOKEN_FIELDS: tuple[str, ...] = (
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(UsageEvent)

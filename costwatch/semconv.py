@@ -37,7 +37,6 @@ COST_CURRENCY_USD = "USD"
 
 ERROR_TYPE = "error.type"
 SERVER_ADDRESS = "server.address"
-SERVER_PORT = "server.port"
 
 # Values of gen_ai.operation.name (GenAI conventions) for our operations.
 OPERATION_CHAT = "chat"
