@@ -53,7 +53,8 @@ class RssSampler:
 
 def ceiling(tables: list[Any], workdir: Path, tag: str) -> float:
     """Events/s of register + INSERT … SELECT + COMMIT per pre-built Arrow batch into a fresh file."""
-    from costwatch.daemon.store import INSERT_BATCH, open_database
+    from costwatch.daemon.batch import INSERT_BATCH
+    from costwatch.daemon.database import open_database
 
     path = workdir / f"ceiling-{tag}.duckdb"
     con = open_database(path)
@@ -118,7 +119,7 @@ def e2e(daemon: Any, mode: str, per_proc: int, t0: float, seed: int) -> dict[str
 
 
 def run(quick: bool, log: Any = print) -> dict[str, Any]:
-    from costwatch.daemon.store import batch_table
+    from costwatch.daemon.batch import batch_table
     from costwatch.pricing import Pricer
 
     rounds = 2 if quick else 3
