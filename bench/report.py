@@ -154,7 +154,8 @@ def ingest(data: dict[str, Any]) -> str:
         " then `flush()`. Events are built before the clock starts. Rate = events / (first send → last"
         " acknowledgement). The ceiling is DuckDB alone in the bench process: pre-built Arrow tables"
         f" ({data['ceiling_events']:,} events) inserted with `register` + `INSERT … SELECT` + `COMMIT` per"
-        f" batch into a fresh file, interleaved with the end-to-end runs in each of {data['rounds']} rounds."
+        f" batch into a fresh file, interleaved with the end-to-end runs in each of {data['rounds']} rounds"
+        " (a 10k-batch ceiling right before each end-to-end run, which is judged against it)."
         " Rows are counted through `/v1/sql` after every run.\n"
     )
     targets = data.get("targets") or {"cpu_us": 10.0, "ratio": 0.6, "rss_mb": 250.0}

@@ -232,8 +232,10 @@ def build_app(
         if events:
             if store.pending_events > max_pending:
                 raise HTTPError(503, "the daemon is behind on writes; retry shortly", {"Retry-After": "1"})
+            future = store.submit(events)  # the events become one priced Arrow table here
+            del events, body, stripped  # while the commit is awaited, only that table is held
             try:
-                result = await asyncio.wrap_future(store.submit(events))
+                result = await asyncio.wrap_future(future)
             except Exception as exc:
                 line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise HTTPError(503, f"could not store the events: {line}", {"Retry-After": "1"}) from None
