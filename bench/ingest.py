@@ -102,6 +102,17 @@ def _quiet(pid: int, settle_s: float = 0.75, limit_s: float = 15.0) -> float:
     return last
 
 
+def _commits(daemon: Any) -> float:
+    """The daemon's group commits so far (``costwatch_ingest_batches_total`` on /metrics)."""
+    import urllib.request
+
+    with urllib.request.urlopen(daemon.url + "/metrics", timeout=30) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("costwatch_ingest_batches_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
 def e2e(daemon: Any, mode: str, per_proc: int, t0: float, seed: int) -> dict[str, Any]:
     specs = [
         {"mode": mode, "url": daemon.url, "token": daemon.token, "events": per_proc, "batch": BATCH,
@@ -117,6 +128,7 @@ def e2e(daemon: Any, mode: str, per_proc: int, t0: float, seed: int) -> dict[str
         assert p.stdout is not None
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError("an ingest worker failed to start")
+    commits0 = _commits(daemon)
     cpu0 = cpu_s(daemon.pid)
     with RssSampler(daemon.pid) as rss:
         for p in procs:
@@ -142,6 +154,7 @@ def e2e(daemon: Any, mode: str, per_proc: int, t0: float, seed: int) -> dict[str
         "daemon_cpu_us_per_event_to_last_ack": (acked_cpu - cpu0) / sent * 1e6,
         "rss_median_mb": sorted(rss.samples)[len(rss.samples) // 2] if rss.samples else 0,
         "retries_503": sum(r.get("retries_503", 0) for r in results),
+        "events_per_commit": acked / max(_commits(daemon) - commits0, 1),
         "post_ms_median": [r.get("post_ms_median") for r in results],
     }  # fmt: skip
 
@@ -205,7 +218,8 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
                     log(f"ingest r{r} {kind:10} {sample['events_per_s']:>12,.0f} events/s"
                         + (f"  rows {sample['rows_after']:,}/{sample['rows_expected']:,}  rss peak {sample['rss_peak_mb']:.0f} MB"
                            f"  daemon {sample['daemon_cpu_us_per_event']:.1f} µs CPU/event"
-                           f"  ratio to ceiling {sample['ratio_to_ceiling10k']:.2f}" if "rows_after" in sample else ""))  # fmt: skip
+                           f"  ratio to ceiling {sample['ratio_to_ceiling10k']:.2f}"
+                           f"  {sample['events_per_commit']:,.0f} events/commit" if "rows_after" in sample else ""))  # fmt: skip
             # one more raw round under py-spy (not counted): where the daemon's time goes
             handle = profiling.start(daemon.pid, 6 if quick else 10)
             if handle is not None:
@@ -233,7 +247,8 @@ def run(quick: bool, log: Any = print) -> dict[str, Any]:
                 "rss_peak_mb": mmm([x["rss_peak_mb"] for x in s if x["kind"] == kind]),
                 "lost": sum(x["lost"] for x in s if x["kind"] == kind),
                 "events": sum(x["events"] for x in s if x["kind"] == kind),
-                "retries_503": sum(x["retries_503"] for x in s if x["kind"] == kind)}
+                "retries_503": sum(x["retries_503"] for x in s if x["kind"] == kind),
+                "events_per_commit": mmm([x["events_per_commit"] for x in s if x["kind"] == kind])}
                if not kind.startswith("ceiling") else {}),
         }
         for kind in ("ceiling10k", "ceiling2k", "raw", "emitter")

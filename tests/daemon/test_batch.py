@@ -198,3 +198,22 @@ def test_range_bounds_give_the_same_ranges_as_every_id(ids: list[str]) -> None:
     every = sorted(set(ids))
     assert distinct.to_pylist() == every
     assert id_ranges(range_bounds(distinct)) == id_ranges(every)
+
+
+def test_a_small_commit_waits_briefly_for_more_requests(tmp_path: Path, monkeypatch) -> None:
+    """Each commit has a fixed cost, so requests arriving within the linger share one commit."""
+    monkeypatch.setattr(store_mod, "MERGE_LINGER_S", 1.0)  # long enough to be certain in a test
+    commits: list[int] = []
+    store = Store(
+        tmp_path / "l.duckdb", Pricer(), on_commit=lambda table, seconds: commits.append(table.num_rows)
+    )
+    try:
+        first = store.submit([make_event() for _ in range(3)])
+        second = store.submit([make_event() for _ in range(2)])
+        assert (first.result(10).accepted, second.result(10).accepted) == (3, 2)
+        assert commits == [5]
+        big = store.submit([make_event() for _ in range(store_mod._MERGE_TARGET_EVENTS)])
+        assert big.result(10).accepted == store_mod._MERGE_TARGET_EVENTS  # large enough: no wait
+        assert commits == [5, store_mod._MERGE_TARGET_EVENTS]
+    finally:
+        store.close()
