@@ -45,7 +45,11 @@ _MLABELS = ("provider", "model", "app")
 # Prebuilt Arrow scalars: a Python literal given to a compute function is converted on every call.
 _LATENCY_BOUNDS = tuple(pa.scalar(b, pa.float64()) for b in LATENCY_BUCKETS)
 _THOUSAND = pa.scalar(1000.0, pa.float64())
-_FALSE = pa.scalar(False)
+_HISTOGRAM_SUMS = tuple(
+    f"{name}_{part}"
+    for name in ("latency", "ttft")
+    for part in ("s", *(f"le{n}" for n in range(len(LATENCY_BUCKETS))))
+)
 _ZERO = pa.scalar(0, pa.int64())
 _EMPTY = pa.scalar("", pa.string())
 _NULL_STR = pa.scalar(None, pa.string())
@@ -193,9 +197,10 @@ class DaemonMetrics:
     def observe_commit(self, table: pa.Table, seconds: float) -> None:
         """Count the rows just committed (writer thread): event and price columns of the batch.
 
-        Aggregated per label set by Arrow (`group_by`, in row order, so "last seen" values
-        are the batch's last non-null ones), then one ``inc`` / ``set`` per set and one
-        bucket update per histogram bucket: no Python work per event.
+        Aggregated per label set by one Arrow `group_by` (in row order, so "last seen" values
+        are the batch's last non-null ones; histograms as counts at or below each bound), then
+        one ``inc`` / ``set`` per set and one update per histogram bucket: no Python work per
+        event, and a fixed cost per commit of one aggregation.
         """
         self.commit_seconds.observe(seconds)
         if not table.num_rows:
@@ -225,6 +230,8 @@ class DaemonMetrics:
                 "cost": cost,
                 **{field: table[field] for _, field in _TOKEN_TYPES},
                 **{field: table[field] for field in _RATELIMIT_FIELDS},
+                **_histogram_columns("latency", table["latency_ms"]),
+                **_histogram_columns("ttft", table["ttft_ms"]),
             }
         )
         groups = keys.group_by(list(keys.column_names[:6]), use_threads=False).aggregate(
@@ -236,8 +243,12 @@ class DaemonMetrics:
                 ("unpriced", "sum"),
                 ("estimated", "sum"),
                 *[(field, "last") for field in _RATELIMIT_FIELDS],
+                *[(name, "sum") for name in _HISTOGRAM_SUMS],
+                ("latency_s", "count"),
+                ("ttft_s", "count"),
             ]
         )
+        histograms: dict[tuple[Any, ...], list[Any]] = {}
         for row in groups.to_pylist():
             provider, model_name, app = row["provider"], row["model"], row["app"]
             labels = (provider, model_name, app)
@@ -255,33 +266,23 @@ class DaemonMetrics:
             for field, metric in zip(_RATELIMIT_FIELDS, self._ratelimit_gauges, strict=True):
                 if row[f"{field}_last"] is not None:
                     child(metric, *labels).set(row[f"{field}_last"])
-        for metric, field in ((self.duration, "latency_ms"), (self.ttft, "ttft_ms")):
-            self._observe_histogram(metric, table["provider"], model, table["app"], table[field])
-
-    def _observe_histogram(self, metric: Histogram, provider: Any, model: Any, app: Any, ms: Any) -> None:
-        """``observe(ms / 1000)`` for every non-null value, as bucket counts and sums per label set."""
-        seconds = pc.divide(ms, _THOUSAND)
-        valid = pc.is_valid(seconds)
-        if not pc.any(valid).as_py():
-            return
-        columns = {"provider": provider, "model": model, "app": app, "s": seconds}
-        below = _FALSE  # the value is at or below an earlier bound: counted there
-        for n, bound in enumerate(_LATENCY_BOUNDS):  # `Histogram.observe`: the first bound >= value
-            at = pc.less_equal(seconds, bound)
-            columns[f"b{n}"] = pc.and_not(at, below).cast(pa.int64())
-            below = pc.or_(below, at)
-        columns["inf"] = pc.invert(below).cast(pa.int64())
-        rows = pa.table(columns).filter(valid)
-        buckets = [*(f"b{n}" for n in range(len(_LATENCY_BOUNDS))), "inf"]
-        sums = rows.group_by(["provider", "model", "app"], use_threads=False).aggregate(
-            [("s", "sum"), *((b, "sum") for b in buckets)]
-        )
-        for row in sums.to_pylist():
-            histogram = self._child(metric, row["provider"], row["model"], row["app"])
-            histogram._sum.inc(row["s_sum"])  # what `Histogram.observe` updates, once per bucket
-            for index, name in enumerate(buckets):
-                if row[f"{name}_sum"]:
-                    histogram._buckets[index].inc(row[f"{name}_sum"])
+            for name in ("latency", "ttft"):
+                if row[f"{name}_s_count"]:
+                    total = histograms.setdefault((name, *labels), [0.0, 0, [0] * len(_LATENCY_BOUNDS)])
+                    total[0] += row[f"{name}_s_sum"]
+                    total[1] += row[f"{name}_s_count"]
+                    for n in range(len(_LATENCY_BOUNDS)):
+                        total[2][n] += row[f"{name}_le{n}_sum"] or 0
+        for (name, *labels), (seconds, count, at_or_below) in histograms.items():
+            # What `Histogram.observe` updates, once per bucket: a value counts in the first
+            # bucket whose bound it does not exceed (+Inf last).
+            histogram = child(self.duration if name == "latency" else self.ttft, *labels)
+            histogram._sum.inc(seconds)
+            previous = 0
+            for index, cumulative in enumerate([*at_or_below, count]):
+                if cumulative - previous:
+                    histogram._buckets[index].inc(cumulative - previous)
+                previous = cumulative
 
     def client_dropped_header(self, header: str) -> None:
         """Parse ``x-costwatch-dropped: reason=n,...`` from a client and count it."""
@@ -296,6 +297,15 @@ class DaemonMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _histogram_columns(name: str, ms: pa.ChunkedArray) -> dict[str, Any]:
+    """``{name}_s`` (seconds, null where ``ms`` is) and ``{name}_le{n}`` (1 where at or below bound n)."""
+    seconds = pc.divide(ms, _THOUSAND)
+    columns: dict[str, Any] = {f"{name}_s": seconds}
+    for n, bound in enumerate(_LATENCY_BOUNDS):
+        columns[f"{name}_le{n}"] = pc.less_equal(seconds, bound).cast(pa.int64())
+    return columns
 
 
 def _first_named(table: pa.Table, fields: tuple[str, ...]) -> pa.ChunkedArray:
