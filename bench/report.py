@@ -189,6 +189,12 @@ def ingest(data: dict[str, Any]) -> str:
                 f" {fmt_mmm(rss, 0)} ≤ {targets['rss_mb']:g}: {verdict(rss['max'] <= targets['rss_mb'])} |"
                 f" {e['events']:,} | {e['lost']} |"
             )
+    per_commit = {k: s[k].get("events_per_commit") for k in ("raw", "emitter")}
+    if all(per_commit.values()):
+        out.append(
+            "\nEvents per group commit (the daemon's `costwatch_ingest_batches_total`):"
+            f" raw {fmt_mmm(per_commit['raw'], 0)}, emitter {fmt_mmm(per_commit['emitter'], 0)}."
+        )
     to_ack = {k: s[k].get("daemon_cpu_us_per_event_to_last_ack") for k in ("raw", "emitter")}
     if all(to_ack.values()):
         out.append(
