@@ -1,4 +1,4 @@
-"""The writer's duplicate lookup (`store._existing_ids`) on a file of a few million rows.
+"""The writer's duplicate lookup (`batch.existing_ids`) on a file of a few million rows.
 
 Dedupe is by event id whatever the resend's ``ts_start``; with no primary key
 the lookup prunes by the ``id`` column's own zone maps (UUIDv7 ids carry their
@@ -64,8 +64,12 @@ def _by_ts_start(con: Any, events: list[Any]) -> None:
 
 
 def _measure(con: Any, rows: int, reps: int, uuid7: bool) -> dict[str, float]:
-    from costwatch.daemon.store import _existing_ids
+    import pyarrow as pa
+    from costwatch.daemon.batch import distinct_ids, existing_ids
     from costwatch.events import new_event_id
+
+    def _existing_ids(con: Any, events: list[Any]) -> set[str]:  # what the writer runs per commit
+        return existing_ids(con, distinct_ids(pa.array([e.id for e in events], pa.string())))
 
     now = time.time()
     fresh = _events([new_event_id(now + i / 1e4) for i in range(10_000)], now)

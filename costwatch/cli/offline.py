@@ -51,7 +51,7 @@ def open_read_only(settings: DaemonSettings) -> Any:
     """A read-only DuckDB connection to the file; `Locked` when a daemon holds it."""
     import duckdb
 
-    from costwatch.daemon.store import open_database
+    from costwatch.daemon.database import open_database
 
     path = settings.db_path
     if not path.exists():
@@ -74,8 +74,8 @@ def file_registry(args: argparse.Namespace, settings: DaemonSettings) -> tuple[A
     """A kill-switch registry on the file (with its connection), or the daemon that holds it."""
     import duckdb
 
+    from costwatch.daemon.database import open_database
     from costwatch.daemon.killswitch import KillSwitchRegistry
-    from costwatch.daemon.store import open_database
 
     if not settings.db_path.exists():
         raise CLIError(f"no database at {settings.db_path}")

@@ -62,7 +62,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             "POST", "/v1/admin/export", body, timeout=600, expect=("rows", "files")
         )
     else:
-        from costwatch.daemon.store import export_parquet
+        from costwatch.daemon.queries import export_parquet
 
         try:
             con = open_read_only(settings)

@@ -24,7 +24,7 @@ def cmd_reprice(args: argparse.Namespace) -> int:
     else:
         import duckdb
 
-        from costwatch.daemon.store import reprice_file
+        from costwatch.daemon.queries import reprice_file
         from costwatch.pricing import Pricer
 
         if not settings.db_path.exists():

@@ -27,12 +27,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             client = holder(args, settings)
         else:
             client = None
-            from costwatch.daemon import store as store_mod
+            from costwatch.daemon import queries
             from costwatch.daemon.killswitch import KillSwitchRegistry
 
             print(f"daemon: not consulted (offline read of {settings.db_path})")
             try:
-                data = store_mod.summary(con, settings.timezone)
+                data = queries.summary(con, settings.timezone)
                 engaged = [
                     {"scope": r[1], "reason": r[2], "source": r[3], "engaged_at": r[4], "expires_at": r[5]}
                     for r in KillSwitchRegistry.load(con)

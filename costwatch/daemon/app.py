@@ -25,7 +25,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from costwatch import events as ev
-from costwatch.daemon import store as store_mod
+from costwatch.daemon import queries
 from costwatch.daemon.auth import CHALLENGE, authorized, bearer_token
 from costwatch.daemon.hosts import HostCheck
 from costwatch.daemon.killswitch import ScopeError
@@ -240,8 +240,10 @@ def build_app(
         if events:
             if store.pending_events > max_pending:
                 raise HTTPError(503, "the daemon is behind on writes; retry shortly", {"Retry-After": "1"})
+            future = store.submit(events)  # the events become one priced Arrow table here
+            del events, body, stripped  # while the commit is awaited, only that table is held
             try:
-                result = await asyncio.wrap_future(store.submit(events))
+                result = await asyncio.wrap_future(future)
             except Exception as exc:
                 line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise HTTPError(503, f"could not store the events: {line}", {"Retry-After": "1"}) from None
@@ -380,7 +382,7 @@ def build_app(
         return json_response(result.as_dict())
 
     async def status(request: Request) -> Response:
-        summary = await run_in_threadpool(store.read, lambda cur: store_mod.summary(cur, settings.timezone))
+        summary = await run_in_threadpool(store.read, lambda cur: queries.summary(cur, settings.timezone))
         summary.update(
             killswitch=registry.state(),
             db_path=str(store.path),
@@ -397,7 +399,7 @@ def build_app(
         if since is not None and not isinstance(since, int | float):
             raise HTTPError(400, "since must be a Unix timestamp in seconds (or null for everything)")
         result = await run_in_threadpool(
-            store.call, lambda cur: store_mod.reprice(cur, core.pricer, since), None
+            store.call, lambda cur: queries.reprice(cur, core.pricer, since), None
         )
         return json_response(result)
 
@@ -411,7 +413,7 @@ def build_app(
             raise HTTPError(400, "since must be a Unix timestamp in seconds (or null for everything)")
         try:
             result = await run_in_threadpool(
-                store.read, lambda cur: store_mod.export_parquet(cur, Path(directory), since)
+                store.read, lambda cur: queries.export_parquet(cur, Path(directory), since)
             )
         except OSError as exc:
             raise HTTPError(400, f"cannot write {directory}: {exc.strerror or exc}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Annotated, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from costwatch.events import UsageEvent
 
@@ -31,19 +31,21 @@ DAEMON_COLUMNS: dict[str, str] = {
 # An unpriced event: usage with tokens that could not be priced, so its cost is NULL (never a guessed
 # $0). Calls without usage (`usage_source = 'missing'`) are not among them: no price would give them
 # a cost, they are counted apart. `costwatch status`, the spend page, `data_quality` rules and
-# /metrics all count with this definition (the SQL and `is_unpriced`, its Python twin).
+# /metrics all count with this definition (the SQL and `unpriced_mask`, its Arrow twin).
 UNPRICED_SQL = (
     "cost_usd IS NULL AND usage_source <> 'missing'"
     " AND coalesce(input_tokens, 0) + coalesce(output_tokens, 0) > 0"
 )
 
 
-def is_unpriced(cost_usd: float | None, event: UsageEvent) -> bool:
-    """`UNPRICED_SQL` for an event about to be stored with this cost."""
-    return (
-        cost_usd is None
-        and event.usage_source != "missing"
-        and (event.input_tokens or 0) + (event.output_tokens or 0) > 0
+def unpriced_mask(table: Any) -> Any:
+    """`UNPRICED_SQL` over an Arrow table of stored rows (the writer's batch, for /metrics)."""
+    import pyarrow.compute as pc
+
+    tokens = pc.add(pc.fill_null(table["input_tokens"], 0), pc.fill_null(table["output_tokens"], 0))
+    return pc.and_(
+        pc.and_(pc.is_null(table["cost_usd"]), pc.not_equal(table["usage_source"], "missing")),
+        pc.greater(tokens, 0),
     )
 
 
@@ -127,7 +129,7 @@ def stored_columns() -> dict[str, str]:
 # event must not change what migration 1 creates (it would clash with the migration that adds it).
 # No PRIMARY KEY: the ART index it builds makes the file several times larger and inserts slower.
 # The store dedupes instead with an anti-join on the batch's id ranges (zone maps on time-ordered
-# UUIDv7 ids; store.id_ranges).
+# UUIDv7 ids; batch.id_ranges).
 _USAGE_EVENTS_V1 = """CREATE TABLE usage_events (
     id VARCHAR NOT NULL,
     call_id VARCHAR,

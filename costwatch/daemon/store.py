@@ -1,18 +1,22 @@
-"""DuckDB storage: open + migrate, and the single writer thread that group-commits ingest batches.
+"""The single writer thread that group-commits ingest batches (the write side of the store).
 
 DuckDB allows one writing process per file and executemany runs ~2k rows/s, so
-one thread owns every write: it merges the batches that queued up while the
-previous commit ran, dedupes them by event id, prices them (vectorised, once per
-distinct model: `Pricer.price_table`), inserts them as one registered Arrow table
-with the calendar `day` computed by DuckDB in the session time zone, commits,
-updates metrics, and only then resolves each request's future (a 2xx means
-"committed"). Reads use their own cursors.
+one thread owns every write. A request's events arrive as one priced Arrow table,
+built in the request's own thread (`batch.priced_table`); the writer merges the
+tables that queued up while the previous commit ran, dedupes them by event id,
+inserts them as one registered Arrow table with the calendar `day` computed by
+DuckDB in the session time zone, commits, updates metrics, and only then resolves
+each request's future (a 2xx means "committed"). It checkpoints between commits,
+once `CHECKPOINT_ROWS` rows are in the WAL (which bounds the rows DuckDB holds in
+memory) and when ingest pauses. Reads use their own cursors.
+
+Opening the file: `costwatch.daemon.database`; the columnar batch and the duplicate
+lookup: `costwatch.daemon.batch`; canned queries: `costwatch.daemon.queries`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import logging
 import os
 import queue
@@ -26,144 +30,35 @@ from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
-from msgspec.structs import astuple
 
-from costwatch.daemon import schema
+from costwatch.daemon.batch import (
+    INSERT_BATCH,
+    distinct_ids,
+    existing_ids,
+    priced_table,
+    with_ingested_at,
+)
+from costwatch.daemon.database import WAL_AUTOCHECKPOINT, open_database
 from costwatch.events import UsageEvent
-from costwatch.pricing import PRICE_COLUMNS, Pricer
+from costwatch.pricing import Pricer
 
-__all__ = ["IngestResult", "Store", "open_database"]
+__all__ = ["CHECKPOINT_ROWS", "IngestResult", "Store"]
 
 log = logging.getLogger("costwatch.daemon.store")
 T = TypeVar("T")
 
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "VARCHAR": pa.string(),
-    "BIGINT": pa.int64(),
-    "DOUBLE": pa.float64(),
-    "BOOLEAN": pa.bool_(),
-    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
-    "MAP(VARCHAR, VARCHAR)": pa.map_(pa.string(), pa.string()),
-}
-EVENT_COLUMNS: dict[str, str] = schema.event_columns()
-ALL_COLUMNS: list[str] = list(schema.stored_columns())
-# What the writer's Arrow batch holds (inserted by name); `day` is computed by the INSERT itself,
-# `seq` comes from its column default (a sequence: commit order, read by fleet replication).
-_BATCH_COLUMNS: list[str] = [*EVENT_COLUMNS, *PRICE_COLUMNS, "ingested_at"]
-assert sorted([*_BATCH_COLUMNS, "day", "seq"]) == sorted(ALL_COLUMNS)
-INSERT_BATCH = (
-    f"INSERT INTO usage_events ({', '.join(_BATCH_COLUMNS)}, day)"
-    " SELECT *, CAST(ts_start AS DATE) FROM _cw_batch"
-)
 _MERGE_MAX_EVENTS = 20_000  # a commit takes what queued meanwhile, up to this many events
-WAL_AUTOCHECKPOINT = "256MB"
+# Each commit has a fixed cost (the duplicate lookup, INSERT and COMMIT, metrics: ~10 ms), so a
+# commit of fewer than _MERGE_TARGET_EVENTS waits up to MERGE_LINGER_S for more requests to join.
+# Measured per event (benchmarks §2): 2k-event commits cost ~1.5x what 8k-event commits cost.
+_MERGE_TARGET_EVENTS = 8_000
+MERGE_LINGER_S = 0.005
+# Checkpoint once this many rows were committed since the last checkpoint. DuckDB keeps the rows
+# of the WAL in memory, uncompressed (~550 bytes a row), until a checkpoint writes them to the
+# file: at the 256 MB WAL bound that was ~220 MB of RSS under sustained ingest (benchmarks §5).
+CHECKPOINT_ROWS = 122_880  # one DuckDB row group: the cheapest checkpoint per row measured (benchmarks §2)
 IDLE_CHECKPOINT_S = 2.0  # checkpoint once no ingest has arrived for this long
 _LOW_DISK_BYTES = 64 * 1024 * 1024
-
-
-def open_database(
-    path: Path,
-    *,
-    read_only: bool = False,
-    memory_limit: str = "1GB",
-    threads: int = 2,
-    timezone: str = "UTC",
-    wal_autocheckpoint: str = WAL_AUTOCHECKPOINT,
-) -> duckdb.DuckDBPyConnection:
-    """Open the file sandboxed: no file/network access from SQL, configuration locked.
-
-    ``enable_external_access=false`` is database-wide, so the ad-hoc SQL path
-    cannot read local files or URLs; Arrow ingest still works because the
-    writer registers its tables explicitly.
-    """
-    if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "enable_external_access": False,
-        "memory_limit": memory_limit,
-        "threads": threads,
-    }
-    if not read_only:
-        # The writer checkpoints when ingest pauses (`Store._run`); this bound only keeps a
-        # WAL from growing without end under non-stop ingest. At DuckDB's 16 MB default a
-        # checkpoint landed inside every few commits: 2/3 of the commit time (benchmarks §2).
-        config["wal_autocheckpoint"] = wal_autocheckpoint
-    con = duckdb.connect(str(path), read_only=read_only, config=config)
-    try:
-        # GLOBAL: every cursor (the SQL endpoint opens one per query) is a new session.
-        con.execute(f"SET GLOBAL TimeZone = '{_quote(timezone)}'")  # validated by settings (zoneinfo)
-        if not read_only:
-            migrate(con)
-            _recompute_days(con)
-        con.execute("SET lock_configuration = true")
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def migrate(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied_at TIMESTAMPTZ)")
-    done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
-    for version, statements in schema.MIGRATIONS:
-        if version in done:
-            continue
-        con.execute("BEGIN")
-        for statement in statements():
-            con.execute(statement)
-        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [version])
-        con.execute("COMMIT")
-
-
-def _recompute_days(con: duckdb.DuckDBPyConnection) -> None:
-    """Stored days follow the configured time zone: recompute them all when it changed."""
-    row = con.execute("SELECT value FROM storage_settings WHERE key = 'day_timezone'").fetchone()
-    current = con.execute("SELECT current_setting('TimeZone')").fetchone()
-    assert current is not None
-    if row is not None and row[0] == current[0]:
-        return
-    con.execute("BEGIN")
-    con.execute("UPDATE usage_events SET day = CAST(ts_start AS DATE)")
-    con.execute(
-        "INSERT OR REPLACE INTO storage_settings VALUES ('day_timezone', ?)",
-        [current[0]],
-    )
-    con.execute("COMMIT")
-    log.info("time zone changed to %s: recomputed the stored day of every event", current[0])
-
-
-def _timestamps(values: tuple[float, ...] | list[float]) -> pa.Array:
-    seconds = pa.array(values, pa.float64())
-    micros = pc.round(pc.multiply(seconds, 1_000_000.0)).cast(pa.int64())
-    return micros.cast(_ARROW_TYPES["TIMESTAMPTZ"])
-
-
-def events_table(events: list[UsageEvent]) -> pa.Table:
-    """The event columns as an Arrow table, in `usage_events` column order.
-
-    ``astuple`` + ``zip(*rows)`` transposes in C: ~3x faster than a getattr per cell.
-    """
-    columns = list(zip(*(astuple(e) for e in events), strict=True)) if events else [() for _ in EVENT_COLUMNS]
-    arrays: list[pa.Array] = []
-    for sql_type, values in zip(EVENT_COLUMNS.values(), columns, strict=True):
-        if sql_type == "TIMESTAMPTZ":
-            arrays.append(_timestamps(values))
-        else:  # dicts convert to MAP directly
-            arrays.append(pa.array(values, _ARROW_TYPES[sql_type]))
-    return pa.Table.from_arrays(arrays, names=list(EVENT_COLUMNS))
-
-
-def batch_table(events: list[UsageEvent], pricer: Pricer, ingested_at: float) -> pa.Table:
-    """What the writer inserts: the event columns, their prices and ``ingested_at``."""
-    table = events_table(events)
-    for name, column in pricer.price_table(table).items():
-        table = table.append_column(name, column)
-    return table.append_column("ingested_at", _timestamps([ingested_at] * len(events)))
 
 
 @dataclass
@@ -174,7 +69,7 @@ class IngestResult:
 
 @dataclass
 class _IngestJob:
-    events: list[UsageEvent]
+    table: pa.Table  # the request's events and their prices (`batch.priced_table`)
     future: concurrent.futures.Future[IngestResult] = field(default_factory=concurrent.futures.Future)
 
 
@@ -185,8 +80,8 @@ class _CallJob:
 
 
 _STOP = object()
-# (committed events, their cost_usd — None where unpriced —, seconds the commit took)
-CommitHook = Callable[[list[UsageEvent], list["float | None"], float], None]
+# (the committed rows: event and price columns, seconds the commit took)
+CommitHook = Callable[[pa.Table, float], None]
 
 
 class Store:
@@ -201,11 +96,13 @@ class Store:
         threads: int = 2,
         timezone: str = "UTC",
         wal_autocheckpoint: str = WAL_AUTOCHECKPOINT,
+        checkpoint_rows: int = CHECKPOINT_ROWS,
         on_commit: CommitHook | None = None,
     ) -> None:
         self.path = path
         self.pricer = pricer
         self.on_commit = on_commit
+        self.checkpoint_rows = checkpoint_rows
         self.con = open_database(
             path,
             memory_limit=memory_limit,
@@ -218,22 +115,32 @@ class Store:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self.pending_events = 0  # queued but not yet committed (read by the app for backpressure)
-        self._uncheckpointed = 0  # rows committed since the last idle checkpoint (writer thread)
+        self._uncheckpointed = 0  # rows committed since the last checkpoint (writer thread)
         self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="costwatch-writer", daemon=True)
         self._thread.start()
 
     # -- public API -----------------------------------------------------------------
     def submit(self, events: list[UsageEvent]) -> concurrent.futures.Future[IngestResult]:
-        """Queue events for the next group commit; the future resolves after COMMIT."""
-        job = _IngestJob(events)
+        """Queue events for the next group commit; the future resolves after COMMIT.
+
+        The events become their priced Arrow table here, in the caller's thread (the HTTP
+        event loop for ingest), while the writer may be inside DuckDB with the GIL released.
+        """
+        future: concurrent.futures.Future[IngestResult] = concurrent.futures.Future()
         if self._closed:
-            job.future.set_exception(RuntimeError("the store is closed"))
-        else:
-            with self._pending_lock:
-                self.pending_events += len(events)
-            self._queue.put(job)
-        return job.future
+            future.set_exception(RuntimeError("the store is closed"))
+            return future
+        try:
+            table = priced_table(events, self.pricer)
+        except Exception as exc:  # nothing was queued: the request is answered with the error
+            log.exception("building the batch failed")
+            future.set_exception(exc)
+            return future
+        with self._pending_lock:
+            self.pending_events += table.num_rows
+        self._queue.put(_IngestJob(table, future))
+        return future
 
     def call(self, fn: Callable[[duckdb.DuckDBPyConnection], T], timeout: float | None = 60) -> T:
         """Run ``fn(cursor)`` on the writer thread inside one transaction; returns its result."""
@@ -304,28 +211,37 @@ class Store:
                         self._run_call(cur, job)
                     continue
                 jobs = [job]
-                count = len(job.events)
+                count = job.table.num_rows
+                linger_until = time.monotonic() + MERGE_LINGER_S
                 while count < _MERGE_MAX_EVENTS:
                     try:
-                        nxt = self._queue.get_nowait()
+                        if count >= _MERGE_TARGET_EVENTS:
+                            nxt = self._queue.get_nowait()
+                        else:  # a small commit: give the requests being decoded a moment to join it
+                            nxt = self._queue.get(timeout=max(linger_until - time.monotonic(), 0))
                     except queue.Empty:
                         break
                     if not isinstance(nxt, _IngestJob):
                         pending = nxt
                         break
                     jobs.append(nxt)
-                    count += len(nxt.events)
+                    count += nxt.table.num_rows
                 self._commit(cur, jobs)
+                if self._uncheckpointed >= self.checkpoint_rows:
+                    self._checkpoint(cur)  # between commits, after their acknowledgements
             except Exception:  # the writer must outlive any one job
                 log.exception("writer job failed")
         cur.close()
 
     def _checkpoint(self, cur: duckdb.DuckDBPyConnection) -> None:
-        """Fold the WAL into the file while nothing waits on the writer."""
+        """Fold the WAL into the file (and the rows DuckDB holds in memory with it)."""
         try:
             cur.execute("CHECKPOINT")
         except duckdb.Error as exc:  # a read still open, a full disk: the WAL keeps every commit
-            log.info("idle checkpoint skipped: %s", exc)
+            log.info("checkpoint skipped: %s", exc)
+            # Try again after another half threshold (or the next pause), not after every commit.
+            self._uncheckpointed = min(self._uncheckpointed, self.checkpoint_rows // 2)
+            return
         self._uncheckpointed = 0
 
     def _run_call(self, cur: duckdb.DuckDBPyConnection, job: _CallJob) -> None:
@@ -344,34 +260,22 @@ class Store:
             self._commit_jobs(cur, jobs)
         finally:
             with self._pending_lock:
-                self.pending_events -= sum(len(job.events) for job in jobs)
+                self.pending_events -= sum(job.table.num_rows for job in jobs)
 
     def _commit_jobs(self, cur: duckdb.DuckDBPyConnection, jobs: list[_IngestJob]) -> None:
         # A request cancelled while queued is dropped (it was never acknowledged); once
         # running, a future can no longer be cancelled, so resolving it below cannot fail.
         jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
         started = time.perf_counter()
         try:
-            existing = _existing_ids(cur, [e for job in jobs for e in job.events])
-            fresh: list[UsageEvent] = []
-            results: list[IngestResult] = []
-            seen: set[str] = set()
-            for job in jobs:
-                accepted = duplicates = 0
-                for event in job.events:
-                    if event.id in existing or event.id in seen:
-                        duplicates += 1
-                    else:
-                        seen.add(event.id)
-                        fresh.append(event)
-                        accepted += 1
-                results.append(IngestResult(accepted, duplicates))
-            costs: list[float | None] = []
-            if fresh:
-                table = batch_table(fresh, self.pricer, time.time())
-                costs = table["cost_usd"].to_pylist()
+            table = pa.concat_tables([job.table for job in jobs]) if len(jobs) != 1 else jobs[0].table
+            fresh, results = _dedupe(cur, table, [job.table.num_rows for job in jobs])
+            if fresh.num_rows:
+                batch = with_ingested_at(fresh, time.time())
                 cur.execute("BEGIN")
-                cur.register("_cw_batch", table)
+                cur.register("_cw_batch", batch)
                 try:
                     cur.execute(INSERT_BATCH)
                 finally:
@@ -387,14 +291,44 @@ class Store:
             return
         self.last_error = None
         self.last_commit_at = time.time()
-        self._uncheckpointed += len(fresh)
+        self._uncheckpointed += fresh.num_rows
         if self.on_commit is not None:
             try:
-                self.on_commit(fresh, costs, time.perf_counter() - started)
+                self.on_commit(fresh, time.perf_counter() - started)
             except Exception:  # metrics must never fail an ingest that is committed
                 log.exception("updating metrics failed")
         for job, result in zip(jobs, results, strict=True):
             job.future.set_result(result)
+
+
+def _dedupe(
+    cur: duckdb.DuckDBPyConnection, table: pa.Table, sizes: list[int]
+) -> tuple[pa.Table, list[IngestResult]]:
+    """The rows of ``table`` to store (first copy of each id not stored yet), and each job's counts.
+
+    ``sizes`` are the row counts of the jobs ``table`` concatenates, in order. The common case
+    (every id new and distinct) costs one id set and the stored-id lookup, no per-row loop.
+    """
+    distinct = distinct_ids(table["id"])
+    existing = existing_ids(cur, distinct)
+    if not existing and len(distinct) == table.num_rows:
+        return table, [IngestResult(n, 0) for n in sizes]
+    ids: list[str] = table["id"].to_pylist()
+    keep: list[bool] = []
+    seen: set[str] = set()
+    for i in ids:
+        if i in existing or i in seen:
+            keep.append(False)
+        else:
+            seen.add(i)
+            keep.append(True)
+    results = []
+    start = 0
+    for n in sizes:
+        accepted = sum(keep[start : start + n])
+        results.append(IngestResult(accepted, n - accepted))
+        start += n
+    return table.filter(pa.array(keep, pa.bool_())), results
 
 
 def _unregister(cur: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -410,186 +344,3 @@ def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
         cur.execute("ROLLBACK")
     except duckdb.Error:
         pass
-
-
-def _existing_ids(cur: duckdb.DuckDBPyConnection, events: list[UsageEvent]) -> set[str]:
-    """Ids of these events already stored, whatever the stored copy's ``ts_start``.
-
-    There is no primary key (docs/architecture.md), so the lookup must prune by
-    itself: it filters on the ``id`` column's own range. UUIDv7 ids start with
-    their creation time and the writer stores them roughly in that order, so the
-    zone maps of ``id`` skip every row group outside the batch's ids; ids are
-    grouped into clusters of nearby creation times (a replayed spool next to live
-    traffic is two small ranges, not one wide one). Ids of any other form are
-    looked up in one range from their minimum to their maximum: correct, only
-    less pruned (random ids scan the whole ``id`` column).
-    """
-    if not events:
-        return set()
-    ids = sorted({e.id for e in events})
-    table = pa.table({"id": pa.array(ids, pa.string())})
-    ranges = id_ranges(ids)
-    selects = " UNION ALL ".join(
-        "SELECT u.id FROM usage_events u WHERE u.id BETWEEN ? AND ? AND u.id IN (SELECT id FROM _cw_ids)"
-        for _ in ranges
-    )
-    cur.register("_cw_ids", table)
-    try:
-        rows = cur.execute(selects, [bound for r in ranges for bound in r]).fetchall()
-    finally:
-        _unregister(cur, "_cw_ids")
-    return {row[0] for row in rows}
-
-
-_CLUSTER_GAP = 10  # in units of 2**16 ms (~65 s, the first 8 hex digits): ~11 min apart → new range
-_MAX_RANGES = 8
-
-
-def id_ranges(ids: list[str]) -> list[tuple[str, str]]:
-    """(low, high) id ranges covering ``ids`` (sorted): clusters of UUIDv7 times, one range for the rest.
-
-    Cheap on 10k ids (~1 µs each): a UUIDv7's creation time is read from its first 8 hex
-    digits, and only where they change.
-    """
-    v7: list[str] = []
-    other: list[str] = []
-    gaps: list[tuple[int, int]] = []  # (gap, index in v7 of the id that starts a new range)
-    prefix, prev = "", -1
-    for i in ids:
-        if len(i) != 36 or i[14] != "7" or i[8] != "-":
-            other.append(i)
-            continue
-        if i[:8] != prefix:
-            try:
-                t = int(i[:8], 16)
-            except ValueError:
-                other.append(i)
-                continue
-            if prev >= 0 and t - prev > _CLUSTER_GAP:
-                gaps.append((t - prev, len(v7)))
-            prefix, prev = i[:8], t
-        v7.append(i)
-    ranges: list[tuple[str, str]] = []
-    if v7:
-        cuts = sorted(n for _, n in sorted(gaps, reverse=True)[: _MAX_RANGES - 1])
-        ranges += [(v7[a], v7[b - 1]) for a, b in itertools.pairwise([0, *cuts, len(v7)])]
-    if other:
-        ranges.append((other[0], other[-1]))
-    return ranges
-
-
-# -- canned queries (status, reprice, export) -------------------------------------------
-def summary(cur: duckdb.DuckDBPyConnection, tz: str = "UTC") -> dict[str, Any]:
-    """What `costwatch status` shows: counts and spend today / month to date in ``tz``."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
-    now = datetime.now(ZoneInfo(tz))
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    month = day.replace(day=1)
-    row = cur.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE {schema.UNPRICED_SQL}),"
-        " count(*) FILTER (WHERE usage_source = 'missing'),"
-        " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ?), 0),"
-        " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ?), 0),"
-        " epoch(min(ts_start)), epoch(max(ts_start)), epoch(max(ingested_at)),"
-        " count(*) FILTER (WHERE usage_source = 'estimated'),"
-        " coalesce(sum(cost_usd) FILTER (WHERE ts_start >= ? AND usage_source = 'estimated'), 0)"
-        " FROM usage_events",
-        [day, month, month],
-    ).fetchone()
-    assert row is not None
-    return {
-        "events": row[0],
-        "unpriced": row[1],
-        "usage_missing": row[2],
-        "usage_estimated": row[8],  # streams that ended without usage: tokens estimated, priced
-        "spend_today_usd": row[3],
-        "spend_month_usd": row[4],
-        "spend_month_estimated_usd": row[9],  # the part of spend_month_usd from estimated usage
-        "first_event_ts": row[5],
-        "last_event_ts": row[6],
-        "last_ingest_ts": row[7],
-        "timezone": tz,
-    }
-
-
-# What `Pricer.price_table` reads of each stored row (and the id to write the prices back).
-_REPRICE_COLUMNS = (
-    "id, provider, model, response_model, request_model, input_tokens, output_tokens,"
-    " cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, usage_source, ts_start,"
-    " service_tier, speed, inference_geo, provider_cost_usd"
-)
-
-
-def reprice(cur: duckdb.DuckDBPyConnection, pricer: Pricer, since: float | None) -> dict[str, int]:
-    """Recompute the cost columns of rows with ts_start >= since (all rows when None), per column."""
-    lo = since if since is not None else 0.0
-    rows = cur.sql(
-        f"SELECT {_REPRICE_COLUMNS} FROM usage_events WHERE ts_start >= to_timestamp(?)", params=[lo]
-    ).to_arrow_table()
-    prices = pricer.price_table(rows)
-    cur.register("_cw_reprice", pa.table({"id": rows["id"], **prices}))
-    try:
-        cur.execute(
-            "UPDATE usage_events SET cost_usd = b.cost_usd, input_cost_usd = b.input_cost_usd,"
-            " output_cost_usd = b.output_cost_usd, priced = b.priced, price_source = b.price_source,"
-            " price_version = b.price_version, computed_cost_usd = b.computed_cost_usd,"
-            " cost_source = b.cost_source FROM _cw_reprice b"
-            " WHERE usage_events.id = b.id AND usage_events.ts_start >= to_timestamp(?)",
-            [lo],
-        )
-    finally:
-        _unregister(cur, "_cw_reprice")
-    return {"repriced": rows.num_rows, "priced": pc.sum(prices["priced"]).as_py() or 0}
-
-
-def reprice_file(path: Path, pricer: Pricer, since: float | None, **open_kwargs: Any) -> dict[str, int]:
-    """`costwatch reprice` when no daemon runs: open the file, reprice in one transaction."""
-    con = open_database(path, **open_kwargs)
-    try:
-        con.execute("BEGIN")
-        result = reprice(con, pricer, since)
-        con.execute("COMMIT")
-        return result
-    finally:
-        con.close()
-
-
-def export_parquet(cur: duckdb.DuckDBPyConnection, directory: Path, since: float | None) -> dict[str, Any]:
-    """Write ``DIR/date=YYYY-MM-DD/usage_events.parquet`` per UTC day (one day in memory at a time).
-
-    ``since`` is rounded down to its UTC midnight, so every file holds a whole day.
-
-    The database has external access off, so DuckDB's COPY cannot write files:
-    pyarrow writes what DuckDB hands over as Arrow.
-    """
-    import pyarrow.parquet as pq
-
-    # Whole UTC days only: a partial first day would overwrite a complete earlier export.
-    lo = (since // 86_400) * 86_400 if since is not None else 0.0
-    days = [
-        row[0]
-        for row in cur.execute(
-            "SELECT DISTINCT CAST(timezone('UTC', ts_start) AS DATE) AS d FROM usage_events"
-            " WHERE ts_start >= to_timestamp(?) ORDER BY d",
-            [lo],
-        ).fetchall()
-    ]
-    files: list[str] = []
-    total = 0
-    for day in days:
-        table = cur.sql(  # a relation, not a DB-API result: Arrow without an extra copy
-            "SELECT * FROM usage_events WHERE CAST(timezone('UTC', ts_start) AS DATE) = ?"
-            " AND ts_start >= to_timestamp(?) ORDER BY ts_start",
-            params=[day, lo],
-        ).to_arrow_table()
-        target = directory / f"date={day.isoformat()}"
-        target.mkdir(parents=True, exist_ok=True)
-        path = target / "usage_events.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        files.append(str(path))
-        total += table.num_rows
-    return {"files": files, "rows": total}

@@ -21,8 +21,8 @@ def test_every_column_documented_with_its_type() -> None:
 
 @pytest.mark.parametrize("query", re.findall(r"```sql\n(.*?)```", (DOCS / "sql.md").read_text(), re.S))
 def test_example_queries_run(query: str, tmp_path: Path) -> None:
+    from costwatch.daemon.database import open_database
     from costwatch.daemon.sql import run_query
-    from costwatch.daemon.store import open_database
 
     con = open_database(tmp_path / "docs.duckdb")
     try:

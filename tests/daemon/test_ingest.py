@@ -9,7 +9,7 @@ import httpx
 import msgspec
 import pytest
 
-from costwatch.daemon.store import id_ranges
+from costwatch.daemon.batch import id_ranges
 from costwatch.events import encode_many, new_event_id
 from costwatch.settings import PriceOverride
 from tests.daemon.conftest import make_event, post_events, sql

@@ -128,3 +128,65 @@ def test_request_model_keeps_a_models_successes_and_failures_together(client: ht
     for family in ("costwatch_llm_request_duration_seconds_bucket", "costwatch_llm_tokens_total"):
         assert any(n == family for n, _ in m)
         assert not any("request_model" in dict(ls) for n, ls in m if n == family)
+
+
+def _observe_events_before(metrics, events: list, costs: list) -> None:
+    """The per-event `observe_commit` the columnar one replaced (the oracle for its counts)."""
+    from costwatch.events import status_class
+
+    for event, cost in zip(events, costs, strict=True):
+        model = event.model or event.response_model or event.request_model or "unknown"
+        labels = (event.provider, model, event.app)
+        status, error = status_class(event.http_status), event.error_class or "none"
+        metrics.requests.labels(*labels, event.request_model or "unknown", status, error).inc()
+        for type_name, field in (("input", "input_tokens"), ("output", "output_tokens"),
+                                 ("cached_input", "cached_input_tokens"), ("cache_write", "cache_write_tokens"),
+                                 ("reasoning", "reasoning_tokens")):  # fmt: skip
+            if getattr(event, field):
+                metrics.tokens.labels(*labels, type_name).inc(getattr(event, field))
+        if cost is not None:
+            metrics.cost.labels(*labels).inc(cost)
+        elif event.usage_source != "missing" and (event.input_tokens or event.output_tokens):
+            metrics.unpriced.labels(event.provider, model).inc()
+        if event.usage_source == "estimated":
+            metrics.estimated.labels(event.provider, model).inc()
+        if event.latency_ms is not None:
+            metrics.duration.labels(*labels).observe(event.latency_ms / 1000)
+        if event.ttft_ms is not None:
+            metrics.ttft.labels(*labels).observe(event.ttft_ms / 1000)
+        for field, gauge in (("ratelimit_remaining_requests", metrics.rl_requests),
+                             ("ratelimit_remaining_tokens", metrics.rl_tokens),
+                             ("ratelimit_limit_requests", metrics.rl_limit_requests),
+                             ("ratelimit_limit_tokens", metrics.rl_limit_tokens)):  # fmt: skip
+            if getattr(event, field) is not None:
+                gauge.labels(*labels).set(getattr(event, field))
+
+
+def test_columnar_observe_commit_counts_what_the_per_event_loop_counted() -> None:
+    from bench.eventgen import make_events
+    from costwatch.daemon.batch import priced_table
+    from costwatch.daemon.metrics import DaemonMetrics
+    from costwatch.pricing import Pricer
+
+    events = make_events(3_000, 1_767_225_600.0, 7)
+    events += [
+        make_event(model="", response_model="", request_model="", input_tokens=3, output_tokens=1),
+        make_event(model="", response_model="gpt-4o-mini", request_model="", input_tokens=3, output_tokens=1),
+        make_event(model="unknown-model", input_tokens=0, output_tokens=0),  # no tokens: not unpriced
+        make_event(model="unknown-model", input_tokens=5, usage_source="estimated", latency_ms=500_000.0),
+        make_event(http_status=None, error_class="timeout", latency_ms=0.0, ttft_ms=50.0),
+        make_event(ratelimit_remaining_requests=None, ratelimit_limit_tokens=7, latency_ms=120_000.0),
+        make_event(ratelimit_remaining_requests=5, ratelimit_limit_tokens=None, latency_ms=100.0),
+    ]
+    table = priced_table(events, Pricer())
+    new, old = DaemonMetrics(), DaemonMetrics()
+    new.observe_commit(table, 0.01)
+    old.observe_commit(table.slice(0, 0), 0.01)  # the commit histogram and nothing else
+    old.batches.inc()
+    old.ingested.inc(len(events))
+    _observe_events_before(old, events, table["cost_usd"].to_pylist())
+    skip = ("costwatch_last_ingest_timestamp_seconds", "_created")
+    got = {k: v for k, v in _samples(new.render().decode()).items() if not k[0].endswith(skip)}
+    want = {k: v for k, v in _samples(old.render().decode()).items() if not k[0].endswith(skip)}
+    assert got.keys() == want.keys()
+    assert got == {k: pytest.approx(v, rel=1e-9) for k, v in want.items()}

@@ -8,7 +8,8 @@ from pathlib import Path
 import duckdb
 
 from costwatch.daemon import schema
-from costwatch.daemon.store import Store, migrate
+from costwatch.daemon.database import migrate
+from costwatch.daemon.store import Store
 from costwatch.events import EVENT_FIELDS
 from costwatch.pricing import Pricer
 from tests.daemon.conftest import make_event

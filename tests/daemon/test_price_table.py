@@ -7,7 +7,7 @@ import random
 
 from genai_prices import data_snapshot
 
-from costwatch.daemon.store import events_table
+from costwatch.daemon.batch import events_table
 from costwatch.events import UsageEvent
 from costwatch.pricing import PRICE_COLUMNS, Pricer
 from costwatch.settings import PriceOverride
@@ -155,7 +155,8 @@ def test_overrides_and_empty_table() -> None:
 
 def test_reprice_restores_what_ingest_priced(tmp_path) -> None:
     """`reprice` (columnar, from stored rows) writes back exactly the prices the writer stored."""
-    from costwatch.daemon.store import Store, reprice
+    from costwatch.daemon.queries import reprice
+    from costwatch.daemon.store import Store
 
     models = [(p.id, m.id) for p in data_snapshot.get_snapshot().providers for m in p.models][::7]
     events = [

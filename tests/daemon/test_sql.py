@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from costwatch.daemon.database import open_database
 from costwatch.daemon.server import Daemon, DaemonCore, start_in_thread
 from costwatch.daemon.sql import QueryError, run_query
-from costwatch.daemon.store import open_database
 from costwatch.settings import DaemonSettings
 from tests.daemon.conftest import make_event, post_events, sql
 

@@ -56,7 +56,7 @@ def test_failed_commit_is_reported_and_not_acknowledged(tmp_path: Path) -> None:
 def test_export_writes_whole_utc_days(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from costwatch.daemon.store import export_parquet
+    from costwatch.daemon.queries import export_parquet
 
     store = Store(tmp_path / "s.duckdb", Pricer())
     day = 1_767_225_600.0  # 2026-01-01T00:00:00Z

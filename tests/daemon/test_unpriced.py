@@ -1,6 +1,6 @@
 """`costwatch status`, the spend page, the SQL views, data_quality rules and /metrics count the same unpriced events.
 
-All four use `schema.UNPRICED_SQL` (or `schema.is_unpriced`, its Python twin); the events below
+All four use `schema.UNPRICED_SQL` (or `schema.unpriced_mask`, its Arrow twin); the events below
 sit on each edge of the definition, so a consumer that drifts from it gets another count.
 """
 
