@@ -714,7 +714,10 @@ def write() -> Path:
         " `python -m bench [--quick] instructions overhead callpath ingest query killswitch spool footprint` runs a"
         " subset (the page keeps the other sections' last results, each stamped with its own command and"
         " time). The first run builds the peer environments under `bench/.venvs/` with pip (exact pins,"
-        " needs PyPI). Raw results: `bench/.results/*.json`.\n"
+        " needs PyPI). `python -m bench instructions` also measures the peers in their environments"
+        " (`--no-peers` skips them, `--peers-only` measures only them, `--cells chat/sync,messages/sync`"
+        " restricts the cells; a run cut short keeps the cells it finished, marked partial)."
+        " Raw results: `bench/.results/*.json`.\n"
     )
     machine = None
     sections = []
