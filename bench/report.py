@@ -572,8 +572,16 @@ def instructions_peers(data: dict[str, Any]) -> str:
             f"- env `{env}` ({PEER_LABELS[info['peer']]}): " + ", ".join(f"{k} {v}" for k, v in pk.items())
         )
     out.append("")
-    if missing:
-        out.append(f"Not measured in this run: {', '.join(missing)} (the `--cells` of the command above).\n")
+    command = data.get("command", "").split()
+    asked = command[command.index("--cells") + 1].split(",") if "--cells" in command else None
+    requested = [c for c in ALL_CELLS if asked is None or f"{c[0]}/{c[1]}" in asked or c[0] in asked]
+    requested.sort(key=lambda c: asked.index(f"{c[0]}/{c[1]}") if asked and f"{c[0]}/{c[1]}" in asked else 99)
+    unfinished = [f"{a}/{m}" for a, m in requested if (a, m) not in cells]
+    not_asked = [c for c in missing if c not in unfinished]
+    if unfinished:
+        out.append(f"Not finished when the run was stopped (deadline): {', '.join(unfinished)}.\n")
+    if not_asked:
+        out.append(f"Not measured in this run: {', '.join(not_asked)} (not in its `--cells`).\n")
 
     def added(env: str, api: str, mode: str, variant: str) -> tuple[int, float] | None:
         bare = res.get(f"{env}:{api}/{mode}/none")
