@@ -6,7 +6,11 @@ start-up cancel out). Spec: ``variant`` (``none``, ``floor``, ``costwatch``,
 ``otel``, ``openlit``), ``api`` (``chat``, ``responses``, ``messages``), ``mode``
 (``sync``, ``async``, ``stream``: a sync streamed call read to the end), ``n``,
 ``url`` (the fast server); for costwatch also ``daemon``, ``state_dir`` and
-``interval`` (the emitter's flush interval for this run, see `bench.instructions`).
+``interval`` (the emitter's flush interval for this run, see `bench.instructions`);
+for the peers (set up by `bench.overhead_worker.setup`, null exporters)
+``peer_delay_ms`` (their batch processors' schedule delay, 5000 natively, stretched
+the same way), ``pricing_json`` and ``openlit_instrumentors``. The peers run in
+their own environments (`bench.venvs`), the worker is the same file.
 
 ``floor`` is the least any send patch can cost: a pass-through
 ``httpx2``/``httpx`` ``Client.send`` patch that appends (start, end, URL,
@@ -25,6 +29,7 @@ import time
 from collections import deque
 from typing import Any
 
+from bench.overhead_worker import EXPORTED
 from bench.overhead_worker import setup as peer_setup
 
 PROMPT = "Say hello"
@@ -174,6 +179,10 @@ def main() -> None:
     elif variant == "costwatch":
         handle = _costwatch(spec)
     elif variant in ("otel", "openlit"):
+        # The peers' batch processors export on a timer (5 s by default): stretched like
+        # costwatch's flush interval, so they run as often per call as natively.
+        for name in ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BLRP_SCHEDULE_DELAY"):
+            os.environ[name] = str(round(spec.get("peer_delay_ms", 5000)))
         handle = peer_setup(variant, spec)
     started = time.perf_counter()
     if mode == "async":
@@ -191,6 +200,12 @@ def main() -> None:
         out.update(handle.bench_counts, sent=handle.stats()["sent"])
     elif variant in ("otel", "openlit"):
         handle.force_flush()
+        from opentelemetry import _logs
+
+        logs = _logs.get_logger_provider()
+        if hasattr(logs, "force_flush"):
+            logs.force_flush()
+        out["exported"] = dict(EXPORTED)  # proof the peer was active
     elif variant == "floor":
         out["floor_records"] = len(FLOOR)
     import threading

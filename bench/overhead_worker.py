@@ -105,7 +105,10 @@ def setup(variant: str, spec: dict[str, Any]) -> Any:
 
         kwargs: dict[str, Any] = dict(
             application_name="bench",
-            disabled_instrumentors=[name for name in MODULE_NAME_MAP if name != "openai"],
+            # OpenAI only unless the spec names others (bench.instructions adds anthropic for messages)
+            disabled_instrumentors=[
+                name for name in MODULE_NAME_MAP if name not in spec.get("openlit_instrumentors", ["openai"])
+            ],
             collect_gpu_stats=False,
             capture_message_content=False,
         )

@@ -533,6 +533,16 @@ def instructions(data: dict[str, Any]) -> str:
             + ", ".join(f"{k} {packages[k]}" for k in names if k in packages)
             + f"; {data.get('valgrind', 'valgrind')}.\n"
         )
+    if "peers" in data:  # runs before the peers were added say nothing
+        out.append(
+            "Peers in this run: "
+            + (
+                "yes, in their own environments (`instructions_peers`, the table after this one)."
+                if data["peers"]
+                else "no (`--no-peers`); the peer table after this one comes from its own run, stamped there."
+            )
+            + "\n"
+        )
     before = data.get("before")
     head = (
         "| API | mode | uninstrumented | floor | costwatch | added | added % (target ≤ "
@@ -627,6 +637,175 @@ def instructions(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _k(v: int) -> str:
+    return f"{v / 1000:+,.1f} k"
+
+
+PEER_LABELS = {"otel": "otel-openai-v2", "openlit": "openlit"}
+PEER_APIS = {"otel": ("chat",), "openlit": ("chat", "responses", "messages")}  # as bench.instructions.PEERS
+ALL_CELLS = [(a, m) for a in ("chat", "responses", "messages") for m in ("sync", "async", "stream")]
+
+
+def instructions_peers(data: dict[str, Any]) -> str:
+    """The peer comparison under section 1a: each peer against costwatch in the peer's environment."""
+    res = data["results"]
+    n_lo, n_hi = data["n"]
+    envs = data["envs"]
+    cells = [tuple(c) for c in data["cells"]]
+    by_peer = {info["peer"]: env for env, info in envs.items()}
+    out = ["### 1a-peers. The peers, same method, each in its own environment\n"]
+    partial = (
+        " **Partial: the run was cut short; the cells below are the ones that finished.**"
+        if data.get("partial")
+        else ""
+    )
+    out.append(
+        f"_Run {data.get('started_utc', '?')} UTC{_quick(data)}, `{data.get('command', '?')}`,"
+        f" {data.get('elapsed_s', '?')} s; load average at start"
+        f" {data.get('machine', {}).get('loadavg_at_start')}.{partial}_\n"
+    )
+    missing = [f"{a}/{m}" for a, m in ALL_CELLS if (a, m) not in cells]
+    out.append(
+        "Same worker, method and conditions as the table above (callgrind, N = "
+        f"{n_lo} and N = {n_hi}, `PYTHONHASHSEED=0`, every thread; costwatch's kill-switch and"
+        " limits threads apart), but each peer runs in **its own environment** (`bench/venvs.py`, exact pins)"
+        " against the **uninstrumented baseline of that environment measured in the same run**, and"
+        " costwatch is measured in that environment too, so every comparison below is within one"
+        " environment and one run. `otel`: `opentelemetry-instrumentation-openai-v2` (wraps OpenAI chat"
+        " completions and embeddings only: no Responses, no Anthropic) with an SDK tracer provider,"
+        " batch span processor and a null exporter, and an SDK meter provider (in-memory reader), message"
+        " content not captured (its default), in env `otel` (the main environment's packages plus the"
+        " peer). `openlit`: `openlit.init` with its OpenAI instrumentor (Anthropic's for messages), the"
+        " same null exporters for spans and log events, its metrics on the same meter provider, a local"
+        " pricing file, `capture_message_content=False` (its default is on: the setting that costs it"
+        " least), in env `old` (openai 2.x / anthropic 0.x on `httpx`: openlit requires `openai<3`,"
+        " `anthropic<1`). The peers export in process to exporters that drop everything; costwatch sends"
+        " its events to the real daemon. Timers: costwatch's flush interval and the peers' batch"
+        " processors' 5 s schedule delay are stretched by the same factor, the valgrind slowdown of that"
+        " environment's uninstrumented run. *—*: the peer does not instrument that API.\n"
+    )
+    for env, info in envs.items():
+        pk = info.get("packages", {})
+        out.append(
+            f"- env `{env}` ({PEER_LABELS[info['peer']]}): " + ", ".join(f"{k} {v}" for k, v in pk.items())
+        )
+    out.append("")
+    command = data.get("command", "").split()
+    asked = command[command.index("--cells") + 1].split(",") if "--cells" in command else None
+    requested = [c for c in ALL_CELLS if asked is None or f"{c[0]}/{c[1]}" in asked or c[0] in asked]
+    requested.sort(key=lambda c: asked.index(f"{c[0]}/{c[1]}") if asked and f"{c[0]}/{c[1]}" in asked else 99)
+    unfinished = [f"{a}/{m}" for a, m in requested if (a, m) not in cells]
+    not_asked = [c for c in missing if c not in unfinished]
+    if unfinished:
+        out.append(f"Not finished when the run was stopped (deadline): {', '.join(unfinished)}.\n")
+    if not_asked:
+        out.append(f"Not measured in this run: {', '.join(not_asked)} (not in its `--cells`).\n")
+
+    def added(env: str, api: str, mode: str, variant: str) -> tuple[int, float] | None:
+        bare = res.get(f"{env}:{api}/{mode}/none")
+        row = res.get(f"{env}:{api}/{mode}/{variant}")
+        if bare is None or row is None:
+            return None
+        a = row["per_call"] - bare["per_call"]
+        return a, 100 * a / bare["per_call"]
+
+    def cell_text(v: tuple[int, float] | None, target: float | None = None) -> str:
+        if v is None:
+            return "—"
+        return f"{v[0]:+,} ({v[1]:+.2f} %{' ' + verdict(v[1] <= target) if target is not None else ''})"
+
+    out.append(
+        "| API | mode | env | uninstrumented | costwatch added (target ≤ "
+        f"{data['target_pct']:g} %) | otel added | openlit added |"
+    )
+    out.append("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    verdicts = []
+    for api, mode in cells:
+        comparisons = []
+        for peer, env in by_peer.items():
+            bare = res.get(f"{env}:{api}/{mode}/none")
+            if bare is None:
+                continue
+            cw = added(env, api, mode, "costwatch")
+            peer_cells = {p: (added(env, api, mode, p) if p == peer else None) for p in PEER_LABELS}
+            out.append(
+                f"| {api} | {mode} | {env} | {bare['per_call']:,} | {cell_text(cw, data['target_pct'])} |"
+                f" {cell_text(peer_cells['otel'])} | {cell_text(peer_cells['openlit'])} |"
+            )
+            if cw is not None and peer_cells[peer] is not None:
+                comparisons.append((peer, env, cw, peer_cells[peer]))
+        verdicts.append(((api, mode), comparisons))
+    out.append("")
+    out.append(
+        "Lower than both peers? (costwatch's added % against each peer's, same environment and run;"
+        " a peer that does not instrument the cell is left out and named):\n"
+    )
+    out.append("| cell | vs otel (env otel) | vs openlit (env old) | lower than both peers? |")
+    out.append("| --- | --- | --- | --- |")
+    for (api, mode), comparisons in verdicts:
+        cols = {}
+        for peer, _env, cw, pv in comparisons:
+            word = "lower" if cw[1] < pv[1] else "**not lower**"
+            cols[peer] = f"{cw[1]:+.2f} % vs {pv[1]:+.2f} %: {word}"
+        for peer, apis in PEER_APIS.items():
+            if peer not in cols:
+                cols[peer] = "— (not instrumented by the peer)" if api not in apis else "— (not measured)"
+        lower = [cw[1] < pv[1] for _p, _e, cw, pv in comparisons]
+        compared = [PEER_LABELS[p] for p, _e, _c, _v in comparisons]
+        caveats = [
+            f"{PEER_LABELS[p]} {'does not instrument it' if cols[p].startswith('— (not instr') else 'not measured'}"
+            for p in PEER_LABELS
+            if cols[p].startswith("—")
+        ]
+        if not lower:
+            answer = "— (no peer measured)"
+        elif not all(lower):
+            answer = "**no**"
+        elif caveats:
+            answer = f"**yes** (against {', '.join(compared)}; {'; '.join(caveats)})"
+        else:
+            answer = "**yes**"
+        out.append(f"| {api}/{mode} | {cols['otel']} | {cols['openlit']} | {answer} |")
+    out.append("")
+    out.append(
+        "Per variant (instructions per call; *background*: every thread but the app's, timer threads"
+        " excluded; *timers*: costwatch's flush interval or the peer's batch schedule delay; *exported*:"
+        f" spans / log events the null exporters received at N = {n_hi}, or events costwatch sent):\n"
+    )
+    out.append(
+        "| env | cell | variant | per call | app thread | background | timer threads (apart) | timers | exported / sent |"
+    )
+    out.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for api, mode in cells:
+        for env, info in envs.items():
+            for variant in info["variants"]:
+                row = res.get(f"{env}:{api}/{mode}/{variant}")
+                if row is None:
+                    continue
+                hi = row["runs"][str(n_hi)]
+                timers = (
+                    f"{row['interval_s']:.1f} s"
+                    if "interval_s" in row
+                    else f"{row['peer_delay_ms'] / 1000:.1f} s"
+                    if "peer_delay_ms" in row
+                    else "—"
+                )
+                exported = (
+                    f"{hi['exported']['spans']} / {hi['exported']['logs']}"
+                    if "exported" in hi
+                    else str(hi["sent"])
+                    if "sent" in hi
+                    else "—"
+                )
+                tt = sum(row.get("timer_threads", {}).values())
+                out.append(
+                    f"| {env} | {api}/{mode} | {variant} | {row['per_call']:,} | {row['app_thread']:,} |"
+                    f" {row['background']:,} | {f'{tt:,}' if row.get('timer_threads') else '—'} | {timers} | {exported} |"
+                )
+    out.append("")
+    return "\n".join(out)
+
+
 SECTION_WRITERS = {
     "instructions": instructions,
     "overhead": overhead,
@@ -639,6 +818,17 @@ SECTION_WRITERS = {
     "imports": imports,
     "installs": installs,
 }
+
+
+def _peers_text(main: dict[str, Any]) -> str:
+    """Section 1a's peer table, from ``instructions_peers.json`` (its own run, stamped)."""
+    peers = load("instructions_peers")
+    if peers is None:
+        return "### 1a-peers. The peers, same method\n\n_Not measured yet: `python -m bench instructions` (peers are on by default)._\n"
+    try:
+        return instructions_peers(peers)
+    except Exception as exc:  # a report bug must not lose the rest
+        return f"### 1a-peers\n\n_Could not render: {exc!r}_\n"
 
 
 def write() -> Path:
@@ -654,7 +844,10 @@ def write() -> Path:
         " `python -m bench [--quick] instructions overhead callpath ingest query killswitch spool fleet imports installs footprint` runs a"
         " subset (the page keeps the other sections' last results, each stamped with its own command and"
         " time). The first run builds the peer environments under `bench/.venvs/` with pip (exact pins,"
-        " needs PyPI). Raw results: `bench/.results/*.json`.\n"
+        " needs PyPI). `python -m bench instructions` also measures the peers in their environments"
+        " (`--no-peers` skips them, `--peers-only` measures only them, `--cells chat/sync,messages/sync`"
+        " restricts the cells; a run cut short keeps the cells it finished, marked partial)."
+        " Raw results: `bench/.results/*.json`.\n"
     )
     machine = None
     sections = []
@@ -666,7 +859,10 @@ def write() -> Path:
         if name != "instructions":  # the Machine section describes the wall-clock sections' runs
             machine = machine or data.get("machine")
         try:
-            sections.append(writer(data))
+            text = writer(data)
+            if name == "instructions":
+                text += "\n" + _peers_text(data)
+            sections.append(text)
         except Exception as exc:  # a report bug must not lose the others
             sections.append(f"## {name}\n\n_Could not render: {exc!r}_\n")
     if machine:
