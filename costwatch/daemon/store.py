@@ -55,7 +55,7 @@ _MERGE_TARGET_EVENTS = 8_000
 MERGE_LINGER_S = 0.005
 # Checkpoint once this many rows were committed since the last checkpoint. DuckDB keeps the rows
 # of the WAL in memory, uncompressed (~550 bytes a row), until a checkpoint writes them to the
-# file: at the 256 MB WAL bound that was ~220 MB of RSS under sustained ingest (benchmarks §5).
+# file: bounded only by the WAL size, that is hundreds of MB of RSS under sustained ingest.
 CHECKPOINT_ROWS = 122_880  # one DuckDB row group: the cheapest checkpoint per row measured (benchmarks §2)
 IDLE_CHECKPOINT_S = 2.0  # checkpoint once no ingest has arrived for this long
 _LOW_DISK_BYTES = 64 * 1024 * 1024
